@@ -1,0 +1,33 @@
+# Two commands matter: `make demo` and `make test`. Both build .venv on first use.
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# Tests read the offline data mirror that sits beside the clone.
+export TRAININGLOOP_DATA ?= $(abspath ../shared/data)
+
+.PHONY: install test test-slow demo bench lint
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# Pinned: an unpinned torch pulls the multi-GB CUDA build.
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+lint: install
+	$(VENV)/bin/ruff check src tests benchmarks examples
+
+test: lint
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+demo: install
+	$(VENV)/bin/trainingloop run digits
+
+bench: install
+	$(PY) benchmarks/overhead.py

@@ -1,0 +1,107 @@
+"""trainingloop: one generalized, callback-driven training loop for PyTorch.
+
+>>> import trainingloop as tl
+>>> sorted(e.name for e in tl.Event)[:2]
+['BATCH_END', 'BATCH_START']
+
+Optional parts (callbacks that need rich, matplotlib or tensorboard; data sets; examples) are
+imported on first use, so ``import trainingloop`` costs little more than ``import torch``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from trainingloop.callbacks.base import Callback
+from trainingloop.devices import try_gpu
+from trainingloop.events import (
+    CancelBatch,
+    CancelEpoch,
+    CancelFit,
+    CancelTraining,
+    CancelValidation,
+    Event,
+    NonFiniteLossError,
+)
+from trainingloop.history import History
+from trainingloop.loop import TrainingLoop
+from trainingloop.step import BatchError
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; imported lazily on first attribute access.
+_LAZY = {
+    "ProgressPrinter": "trainingloop.callbacks.progress",
+    "CSVLogger": "trainingloop.callbacks.csv_logger",
+    "LearningRateScheduler": "trainingloop.callbacks.lr_scheduler",
+    "TensorBoardLogger": "trainingloop.callbacks.tensorboard",
+    "ProgressPlot": "trainingloop.callbacks.progress_plot",
+    "Checkpoint": "trainingloop.callbacks.checkpoint",
+    "EarlyStopping": "trainingloop.callbacks.early_stopping",
+    "make_schedule": "trainingloop.schedules",
+    "ScheduleSegment": "trainingloop.schedules",
+}
+_LAZY_MODULES = {
+    "metrics": "trainingloop.metrics",
+    "shapes": "trainingloop.schedules",
+    "schedules": "trainingloop.schedules",
+    "data": "trainingloop.data",
+    "transforms": "trainingloop.data.transforms",
+    "datasets": "trainingloop.data.datasets",
+    "examples": "trainingloop.examples",
+    "distributed": "trainingloop.distributed",
+}
+
+__all__ = [
+    "BatchError",
+    "CSVLogger",
+    "Callback",
+    "CancelBatch",
+    "CancelEpoch",
+    "CancelFit",
+    "CancelTraining",
+    "CancelValidation",
+    "Checkpoint",
+    "EarlyStopping",
+    "Event",
+    "History",
+    "LearningRateScheduler",
+    "NonFiniteLossError",
+    "ProgressPlot",
+    "ProgressPrinter",
+    "ScheduleSegment",
+    "TensorBoardLogger",
+    "TrainingLoop",
+    "make_schedule",
+    "try_gpu",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif name == "shapes":
+        value = importlib.import_module("trainingloop.schedules").shapes
+    elif name in _LAZY_MODULES:
+        value = importlib.import_module(_LAZY_MODULES[name])
+    else:
+        raise AttributeError(f"module 'trainingloop' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY, *_LAZY_MODULES])
+
+
+if TYPE_CHECKING:
+    from trainingloop import data, datasets, metrics, transforms  # noqa: F401
+    from trainingloop.callbacks.checkpoint import Checkpoint
+    from trainingloop.callbacks.csv_logger import CSVLogger
+    from trainingloop.callbacks.early_stopping import EarlyStopping
+    from trainingloop.callbacks.lr_scheduler import LearningRateScheduler
+    from trainingloop.callbacks.progress import ProgressPrinter
+    from trainingloop.callbacks.progress_plot import ProgressPlot
+    from trainingloop.callbacks.tensorboard import TensorBoardLogger
+    from trainingloop.schedules import ScheduleSegment, make_schedule, shapes  # noqa: F401

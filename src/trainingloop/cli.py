@@ -1,0 +1,58 @@
+"""Command line: ``trainingloop list`` and ``trainingloop run EXAMPLE [options]``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="trainingloop", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("list", help="list the examples")
+    run = commands.add_parser("run", help="train one example")
+    run.add_argument("example")
+    run.add_argument("--epochs", type=int)
+    run.add_argument("--batch-size", type=int)
+    run.add_argument("--lr", type=float)
+    run.add_argument("--device", default="auto")
+    run.add_argument("--compile", action="store_true")
+    run.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "16-mixed"])
+    run.add_argument("--data-dir", help="data root (default: $TRAININGLOOP_DATA)")
+    run.add_argument("--out", type=Path, help="output folder (default: run/EXAMPLE)")
+    run.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``trainingloop`` script and ``python -m trainingloop``."""
+    args = _parser().parse_args(argv)
+    from trainingloop.examples import EXAMPLES, Options, load
+
+    if args.command == "list":
+        for name in EXAMPLES:
+            print(f"{name:24} {load(name).DESCRIPTION}")
+        return 0
+    try:
+        module = load(args.example)
+    except ValueError as error:
+        print(f"trainingloop: {error}", file=sys.stderr)
+        return 2
+    if args.data_dir:
+        os.environ["TRAININGLOOP_DATA"] = args.data_dir
+    options = Options(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                      device=args.device, compile=args.compile, precision=args.precision,
+                      data_dir=args.data_dir, out=args.out or Path("run") / args.example,
+                      resume=args.resume)
+    try:
+        history = module.run(options)
+    except FileNotFoundError as error:
+        print(f"trainingloop: {error}", file=sys.stderr)
+        return 1
+    last = history.epochs[-1] if history.epochs else {}
+    summary = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if "/" in k)
+    print(f"done: {len(history.epochs)} epoch(s); {summary}; outputs in {options.out}")
+    return 0

@@ -1,0 +1,10 @@
+"""Data: the vectorised pipeline, batch transforms, and readers of real data sets.
+
+``tl.data.ArrayDataset`` is the pipeline; ``tl.transforms`` and ``tl.datasets`` are
+:mod:`trainingloop.data.transforms` and :mod:`trainingloop.data.datasets`.
+"""
+
+from trainingloop.data import transforms
+from trainingloop.data.pipeline import ArrayDataset
+
+__all__ = ["ArrayDataset", "transforms"]

@@ -1,0 +1,88 @@
+"""Events of the loop and the exceptions that steer it.
+
+This module owns the closed set of events (:class:`Event`) and the control-flow exceptions a
+callback raises to cancel part of a fit (after Swift for TensorFlow's ``TrainingLoopAction``).
+
+Where each ``Cancel*`` jumps, and which ``*_END`` events still fire:
+
+=====================  ==========================================  ===========================
+raised during          skips                                       still fires
+=====================  ==========================================  ===========================
+``CancelBatch``        the rest of this batch (step, metrics)      ``BATCH_END``
+``CancelTraining``     the remaining training batches              ``TRAINING_END``, then
+                                                                   validation as usual
+``CancelValidation``   the remaining validation batches            ``VALIDATION_END``
+``CancelEpoch``        the rest of the epoch (validation too)      ``EPOCH_END``
+``CancelFit``          everything that is left                     ``FIT_END``
+=====================  ==========================================  ===========================
+
+A ``Cancel*`` raised by an ``*_END`` handler propagates to the enclosing level (a
+``CancelBatch`` raised at ``BATCH_END`` ends nothing but that handler list). Any other
+exception aborts the fit; ``FIT_END`` fires and the error is re-raised after it.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class Event(enum.Enum):
+    """The twelve events of a fit, in the order they fire (see the module docstring)."""
+
+    FIT_START = "fit_start"
+    EPOCH_START = "epoch_start"
+    TRAINING_START = "training_start"
+    BATCH_START = "batch_start"
+    UPDATE_START = "update_start"
+    BATCH_END = "batch_end"
+    TRAINING_END = "training_end"
+    VALIDATION_START = "validation_start"
+    INFERENCE_PREDICTION_END = "inference_prediction_end"
+    VALIDATION_END = "validation_end"
+    EPOCH_END = "epoch_end"
+    FIT_END = "fit_end"
+
+    @property
+    def method_name(self) -> str:
+        """The :class:`~trainingloop.Callback` method that handles this event."""
+        return "on_" + self.value
+
+
+class LoopControl(Exception):
+    """Base of the ``Cancel*`` signals; never raised itself."""
+
+
+class CancelBatch(LoopControl):
+    """Skip the rest of the current batch; ``BATCH_END`` still fires."""
+
+
+class CancelTraining(LoopControl):
+    """End the training phase of this epoch; validation still runs."""
+
+
+class CancelValidation(LoopControl):
+    """End the validation phase of this epoch."""
+
+
+class CancelEpoch(LoopControl):
+    """End the current epoch; ``EPOCH_END`` still fires."""
+
+
+class CancelFit(LoopControl):
+    """End the fit; ``FIT_END`` still fires and ``fit`` returns its History."""
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or infinite.
+
+    ``epoch`` (1-based) and ``step`` (the global step of the first bad batch) name where.
+    """
+
+    def __init__(self, epoch: int, step: int, batch: int) -> None:
+        self.epoch = epoch
+        self.step = step
+        self.batch = batch
+        super().__init__(
+            f"non-finite loss first appeared in epoch {epoch}, training batch {batch + 1} "
+            f"(global step {step}); the fit was stopped before validation"
+        )

@@ -1,0 +1,342 @@
+"""The training loop: iteration, events, metrics and the state callbacks read.
+
+:class:`TrainingLoop` owns the nested loop fit → epoch → phase → batch and fires the events of
+:mod:`trainingloop.events` around each level. It delegates the step (forward, loss, backward,
+update) to :class:`trainingloop.step.Step` and the running values to
+:mod:`trainingloop.metrics`; everything else (progress, logging, schedules, checkpoints) is a
+callback. State callbacks read is plain attributes of the loop, 0-based.
+
+The per-batch path reads nothing on the host: the loss is kept as a detached device tensor,
+metrics accumulate on the device, and values cross to the host only at phase ends or when a
+callback asks (``last_stats``).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from trainingloop import _compat
+from trainingloop.callbacks.base import Handler, resolve_handlers
+from trainingloop.devices import move_to_device, resolve_device
+from trainingloop.events import (
+    CancelBatch,
+    CancelEpoch,
+    CancelFit,
+    CancelTraining,
+    CancelValidation,
+    Event,
+    LoopControl,
+    NonFiniteLossError,
+)
+from trainingloop.history import History
+from trainingloop.metrics import Metric, batch_size, resolve_metrics
+from trainingloop.step import BatchError, Step
+
+__all__ = ["TrainingLoop"]
+
+Updater = Callable[["TrainingLoop"], None]
+LossFunction = Callable[[Any, Any], Tensor]
+
+
+def _length(data: Any) -> int | None:
+    try:
+        return len(data)
+    except TypeError:
+        return None
+
+
+class _LossTape:
+    """Per-batch training losses kept on the device, to find where a NaN first appeared."""
+
+    _CHUNK = 1024
+
+    def __init__(self) -> None:
+        self.chunks: list[Tensor] = []
+        self.pending: list[Tensor] = []
+        self.where: list[tuple[int, int]] = []  # (batch index, global step) of each loss
+
+    def add(self, loss: Tensor, batch: int, step: int) -> None:
+        self.pending.append(loss)
+        self.where.append((batch, step))
+        if len(self.pending) >= self._CHUNK:  # bound the number of live tensors
+            self.chunks.append(torch.stack(self.pending))
+            self.pending = []
+
+    def first_non_finite(self) -> tuple[int, int] | None:
+        parts = self.chunks + ([torch.stack(self.pending)] if self.pending else [])
+        if not parts:
+            return None
+        bad = torch.nonzero(~torch.isfinite(torch.cat(parts).float()))
+        return self.where[int(bad[0, 0])] if len(bad) else None
+
+
+class TrainingLoop:
+    """Trains a model on ``training`` batches, validates on ``validation``, fires events.
+
+    >>> import torch, trainingloop as tl
+    >>> x = torch.randn(64, 3); y = x @ torch.tensor([[1.0], [-2.0], [0.5]])
+    >>> model = torch.nn.Linear(3, 1)
+    >>> loop = tl.TrainingLoop([(x, y)], optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+    ...                        loss=torch.nn.functional.mse_loss,
+    ...                        include_default_callbacks=False)
+    >>> history = loop.fit(model, epochs=2, device="cpu")
+    >>> len(history.epochs)
+    2
+
+    ``optimizer`` is a ``torch.optim.Optimizer`` or a function ``updater(loop)`` that updates
+    the parameters from their gradients (the loop zeroes them afterwards). ``loss`` is
+    ``loss(output, target) -> scalar tensor``. ``metrics`` are names or Metric objects; the loss
+    is always recorded, first. Default callbacks (the progress printer) run before the others.
+    """
+
+    def __init__(
+        self,
+        training: Iterable[Any],
+        validation: Iterable[Any] | None = None,
+        optimizer: torch.optim.Optimizer | Updater | None = None,
+        loss: LossFunction | None = None,
+        metrics: Sequence[Any] = (),
+        callbacks: Sequence[Any] = (),
+        include_default_callbacks: bool = True,
+    ) -> None:
+        if optimizer is None or not (
+            isinstance(optimizer, torch.optim.Optimizer) or callable(optimizer)
+        ):
+            raise TypeError(
+                f"optimizer must be a torch.optim.Optimizer or a function updater(loop), "
+                f"got {optimizer!r}"
+            )
+        if loss is not None and not callable(loss):
+            raise TypeError(f"loss must be callable as loss(output, target), got {loss!r}")
+        self.training = training
+        self.validation = validation
+        self.optimizer = optimizer
+        self.loss = loss
+        self.metrics: list[Metric] = resolve_metrics(metrics)
+        defaults: list[Any] = []
+        if include_default_callbacks:
+            from trainingloop.callbacks.progress import ProgressPrinter
+
+            defaults.append(ProgressPrinter())
+        self.callbacks: list[Any] = [*defaults, *callbacks]
+
+        # State that callbacks read during a fit (0-based counters).
+        self.model: nn.Module | None = None
+        self.device: torch.device | None = None
+        self.epoch_index = 0
+        self.epoch_count = 0
+        self.batch_index = 0
+        self.batch_count: int | None = None
+        self.global_step = 0
+        self.is_training = False
+        self.last_input: Any = None
+        self.last_target: Any = None
+        self.last_output: Any = None
+        self.last_loss: Tensor | None = None
+        self.history = History()
+        self.stop_training = False
+        self.examples_per_second = math.nan
+        self._handlers: dict[Event, list[tuple[str, Handler]]] = resolve_handlers([])
+        self._phase_stats: dict[str, float] | None = None
+        self._step: Step | None = None
+
+    # -- public API ----------------------------------------------------------------------------
+    def fit(
+        self,
+        model: nn.Module,
+        epochs: int,
+        *,
+        device: str | torch.device = "auto",
+        callbacks: Sequence[Any] = (),
+        compile: bool | dict[str, Any] = False,
+        precision: str = "32",
+        accumulate_grad_batches: int = 1,
+        clip_grad_norm: float | None = None,
+        step: Callable[[TrainingLoop, nn.Module], Tensor] | None = None,
+        resume: bool | str | None = None,
+    ) -> History:
+        """Train ``model`` for ``epochs`` epochs and return the History.
+
+        ``compile=True`` (or a dict of ``torch.compile`` options) compiles the step. ``step`` is
+        a custom ``step(loop, model) -> loss`` replacing the default forward and loss.
+        """
+        if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
+            raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        if self.loss is None and step is None:
+            raise ValueError("TrainingLoop needs loss=... unless fit() is given a custom step")
+        if _length(self.training) == 0:
+            raise ValueError(f"the training data ({type(self.training).__name__}) is empty")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
+        self.epoch_count = epochs
+        self._handlers = resolve_handlers([*self.callbacks, *callbacks])
+        self._step = Step(self, precision=precision, accumulate_grad_batches=accumulate_grad_batches,
+                          clip_grad_norm=clip_grad_norm, compile=compile, custom=step)
+        self.history, self.global_step, self.stop_training = History(), 0, False
+        try:
+            self._fire(Event.FIT_START)
+            for self.epoch_index in range(epochs):
+                self._run_epoch()
+                if self.stop_training:
+                    break
+        except CancelFit:
+            pass
+        finally:
+            self._fire(Event.FIT_END)
+        return self.history
+
+    def evaluate(
+        self, model: nn.Module, data: Iterable[Any], device: str | torch.device = "auto"
+    ) -> dict[str, float]:
+        """One pass over ``data`` without callbacks; the metrics by plain name."""
+        if self.loss is None:
+            raise ValueError("evaluate() needs the loop's loss=...")
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)
+        self._handlers = resolve_handlers([])
+        self._step = Step(self)
+        return self._run_phase(data, training=False, record=False)
+
+    @torch.no_grad()
+    def predict(
+        self, model: nn.Module, data: Iterable[Any], device: str | torch.device = "auto"
+    ) -> list[Any]:
+        """The model's outputs, one per batch, on the CPU; targets in the batches are ignored."""
+        target_device = resolve_device(device)
+        model = model.to(target_device)
+        was_training = model.training
+        model.eval()
+        outputs = []
+        try:
+            for batch in data:
+                if isinstance(batch, (tuple, list)) and len(batch) == 2:
+                    batch = batch[0]
+                outputs.append(move_to_device(model(move_to_device(batch, target_device)),
+                                              torch.device("cpu")))
+        finally:
+            model.train(was_training)
+        return outputs
+
+    @property
+    def last_stats(self) -> dict[str, float]:
+        """Running metric values of the current phase as floats (this reads the device)."""
+        if self._phase_stats is not None:
+            return dict(self._phase_stats)
+        return {metric.name: metric.compute() for metric in self.metrics}
+
+    # -- the loop ------------------------------------------------------------------------------
+    def _fire(self, event: Event) -> None:
+        label = ""
+        try:
+            for label, handler in self._handlers[event]:  # noqa: B007 - label names the culprit
+                handler(self)
+        except LoopControl:
+            raise
+        except Exception as error:
+            _compat.add_note(error, f"raised by callback {label} at {event.name}")
+            raise
+
+    def _run_epoch(self) -> None:
+        self.history.epochs.append({"epoch": self.epoch_index + 1})
+        for data in (self.training, self.validation):
+            set_epoch = getattr(data, "set_epoch", None)
+            if callable(set_epoch):
+                set_epoch(self.epoch_index)
+        try:
+            self._fire(Event.EPOCH_START)
+            self._run_phase(self.training, training=True)
+            if self.validation is not None:
+                self._run_phase(self.validation, training=False)
+        except CancelEpoch:
+            pass
+        self._fire(Event.EPOCH_END)
+
+    def _run_phase(
+        self, data: Iterable[Any], training: bool, record: bool = True
+    ) -> dict[str, float]:
+        """Run one phase over ``data``: START, the batches, END. Returns its final metrics."""
+        start, end, cancel, prefix = (
+            (Event.TRAINING_START, Event.TRAINING_END, CancelTraining, "train/")
+            if training
+            else (Event.VALIDATION_START, Event.VALIDATION_END, CancelValidation, "validation/")
+        )
+        assert self.model is not None and self._step is not None
+        self.is_training = training
+        self.model.train(training)
+        self.batch_count = _length(data)
+        self._phase_stats = None
+        for metric in self.metrics:
+            metric.reset()
+        tape = _LossTape() if training else None
+        examples = batches = 0
+        started = time.perf_counter()
+        try:
+            self._fire(start)
+            with torch.set_grad_enabled(training):
+                for self.batch_index, batch in enumerate(data):
+                    batches += 1
+                    examples += self._run_batch(batch, training, tape)
+            if training:
+                self._step.flush()
+        except cancel:
+            batches = max(batches, 1)  # cancelled on purpose: not an empty data set
+        stats = {metric.name: metric.compute() for metric in self.metrics}  # the phase's sync
+        if training:
+            if batches == 0 and self.epoch_index == 0:
+                raise ValueError(f"the training data ({type(data).__name__}) yielded no batch")
+            self.examples_per_second = examples / max(time.perf_counter() - started, 1e-9)
+            self._check_finite(stats, tape)
+        self._phase_stats = stats
+        if record:
+            epoch = self.history.epochs[-1]
+            epoch.update({prefix + name: value for name, value in stats.items()})
+            if training:
+                epoch["examples_per_second"] = self.examples_per_second
+        self._fire(end)
+        return stats
+
+    def _run_batch(self, batch: Any, training: bool, tape: _LossTape | None) -> int:
+        """One batch: BATCH_START, the step, the metrics, BATCH_END. Returns its examples."""
+        assert self._step is not None and self.device is not None
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            raise BatchError(
+                f"{'training' if training else 'validation'} batch {self.batch_index} is a "
+                f"{type(batch).__name__}, not an (input, target) pair"
+            )
+        self.last_input = move_to_device(batch[0], self.device, non_blocking=True)
+        self.last_target = move_to_device(batch[1], self.device, non_blocking=True)
+        self.last_output = self.last_loss = None
+        examples = 0
+        try:
+            self._fire(Event.BATCH_START)
+            if training:
+                step = self.global_step
+                loss, self.last_output = self._step.train()
+                assert tape is not None
+                tape.add(loss, self.batch_index, step)
+            else:
+                loss, self.last_output = self._step.infer()
+            self.last_loss = loss
+            for metric in self.metrics:
+                metric.update(loss, self.last_output, self.last_target)
+            examples = batch_size(self.last_target) or batch_size(self.last_input)
+        except CancelBatch:
+            pass
+        self._fire(Event.BATCH_END)
+        return examples
+
+    def _check_finite(self, stats: dict[str, float], tape: _LossTape | None) -> None:
+        if math.isfinite(stats.get("loss", 0.0)) or tape is None:
+            return
+        where = tape.first_non_finite()
+        if where is not None:
+            batch, step = where
+            raise NonFiniteLossError(epoch=self.epoch_index + 1, step=step, batch=batch)

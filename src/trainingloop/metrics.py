@@ -1,0 +1,291 @@
+"""Metrics that accumulate on the device and are read only when asked.
+
+This module owns the :class:`Metric` protocol, the built-in metrics and the adapter for
+``torchmetrics`` objects. It knows nothing of the loop: the loop calls ``reset()`` at each
+phase start, ``update(loss, output, target)`` after each batch, and ``compute()`` when a value
+must reach the host (a display refresh, a log flush, the end of a phase).
+
+``update`` must never read a tensor on the host: running sums stay tensors on the batch's
+device. ``compute`` is the one place a metric syncs.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "Accuracy",
+    "Loss",
+    "MatthewsCorrelation",
+    "Metric",
+    "Perplexity",
+    "TopKAccuracy",
+    "TorchMetric",
+    "batch_size",
+    "resolve_metrics",
+]
+
+
+def batch_size(obj: Any) -> int:
+    """Number of examples in a (possibly nested) batch: the first tensor's leading dimension."""
+    if isinstance(obj, Tensor):
+        return int(obj.shape[0]) if obj.dim() > 0 else 1
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        for item in obj:
+            n = batch_size(item)
+            if n:
+                return n
+    return 0
+
+
+class Metric:
+    """Base class of metrics: ``reset()``, ``update(loss, output, target)``, ``compute()``.
+
+    ``name`` names the metric in History keys, logs and ``last_stats``. Subclasses that keep
+    additive running sums in :attr:`sums` (a 1-d device tensor) and :attr:`count` (a host
+    number) get ``value_tensor``, ``compute`` and distributed reduction for free: they implement
+    ``update`` (in-place device ops only) and ``value``.
+    """
+
+    name: str = "metric"
+
+    def __init__(self) -> None:
+        self.sums: Tensor | None = None
+        self.count: float = 0.0
+
+    def reset(self) -> None:
+        """Forget everything accumulated."""
+        self.sums = None
+        self.count = 0.0
+
+    def update(self, loss: Tensor, output: Any, target: Any) -> None:
+        """Add one batch to the running state, on the device; never read a value here."""
+        raise NotImplementedError
+
+    def value(self, sums: Tensor, count: float) -> Tensor:
+        """The metric as a 0-d tensor computed from the running state."""
+        raise NotImplementedError
+
+    def _sums_like(self, like: Tensor, size: int = 1) -> Tensor:
+        if self.sums is None:
+            self.sums = torch.zeros(size, dtype=_accumulator_dtype(like.device), device=like.device)
+        return self.sums
+
+    def value_tensor(self) -> Tensor | None:
+        """The running value as a device tensor, without reading it (None before any batch)."""
+        return None if self.sums is None else self.value(self.sums, self.count)
+
+    def compute(self) -> float:
+        """The running value as a float: this reads the device (a sync)."""
+        value = self.value_tensor()
+        return math.nan if value is None else float(value)
+
+
+def _accumulator_dtype(device: torch.device) -> torch.dtype:
+    # float64 keeps long sums exact; MPS has no float64.
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
+class Loss(Metric):
+    """Mean loss over examples: each batch's loss weighs by its number of examples."""
+
+    name = "loss"
+
+    def update(self, loss: Tensor, output: Any, target: Any) -> None:
+        n = batch_size(target) or batch_size(output) or 1
+        self._sums_like(loss).add_(loss.detach(), alpha=n)
+        self.count += n
+
+    def value(self, sums: Tensor, count: float) -> Tensor:
+        return sums[0] / max(count, 1.0)
+
+
+def _class_predictions(output: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
+    """Predicted and true class indices; one-logit outputs are thresholded at 0."""
+    output = output.detach()
+    if output.dim() == target.dim() and output.dim() >= 2 and output.shape == target.shape \
+            and output.shape[-1] > 1:
+        target = target.argmax(-1)  # one-hot or soft targets
+    if output.dim() == target.dim() + 1 and output.shape[-1] > 1:
+        return output.argmax(-1), target
+    if output.dim() == target.dim() + 1 and output.shape[-1] == 1:
+        output = output.squeeze(-1)
+    if output.shape != target.shape:
+        raise ValueError(
+            f"cannot match output of shape {tuple(output.shape)} to target of shape "
+            f"{tuple(target.shape)} for a classification metric"
+        )
+    return (output > 0).long(), target.long()
+
+
+class Accuracy(Metric):
+    """Fraction of examples whose arg-max class (or logit > 0, for one logit) is the target."""
+
+    name = "accuracy"
+
+    def update(self, loss: Tensor, output: Any, target: Any) -> None:
+        predicted, target = _class_predictions(output, target)
+        self._sums_like(predicted).add_((predicted == target).sum())
+        self.count += target.numel()
+
+    def value(self, sums: Tensor, count: float) -> Tensor:
+        return sums[0] / max(count, 1.0)
+
+
+class TopKAccuracy(Metric):
+    """Fraction of examples whose target is among the ``k`` highest scores."""
+
+    def __init__(self, k: int = 5) -> None:
+        super().__init__()
+        if k < 1:
+            raise ValueError(f"TopKAccuracy needs k >= 1, got {k}")
+        self.k = k
+        self.name = f"top{k}_accuracy"
+
+    def update(self, loss: Tensor, output: Any, target: Any) -> None:
+        output = output.detach()
+        top = output.topk(min(self.k, output.shape[-1]), dim=-1).indices
+        self._sums_like(top).add_((top == target.unsqueeze(-1)).any(-1).sum())
+        self.count += target.numel()
+
+    def value(self, sums: Tensor, count: float) -> Tensor:
+        return sums[0] / max(count, 1.0)
+
+
+class MatthewsCorrelation(Metric):
+    """Matthews correlation coefficient, as scikit-learn's ``matthews_corrcoef``.
+
+    Accumulates a confusion matrix on the device (``sums`` holds it flattened); binary
+    one-logit outputs are thresholded at 0.
+    """
+
+    name = "mcc"
+
+    def update(self, loss: Tensor, output: Any, target: Any) -> None:
+        multi = output.dim() > target.dim() and output.shape[-1] > 1
+        classes = output.shape[-1] if multi else 2
+        predicted, target = _class_predictions(output, target)
+        cells = (target.reshape(-1) * classes + predicted.reshape(-1)).clamp_(0, classes**2 - 1)
+        sums = self._sums_like(cells, classes * classes)
+        if sums.numel() != classes * classes:
+            raise ValueError(
+                f"mcc: the number of classes changed within a phase (now {classes})"
+            )
+        sums.index_add_(0, cells, torch.ones_like(cells, dtype=sums.dtype))
+        self.count += target.numel()
+
+    def value(self, sums: Tensor, count: float) -> Tensor:
+        classes = math.isqrt(sums.numel())
+        matrix = sums.view(classes, classes)
+        t_sum, p_sum = matrix.sum(1), matrix.sum(0)
+        n = matrix.sum()
+        cov_tp = matrix.trace() * n - t_sum @ p_sum
+        cov_pp = n * n - p_sum @ p_sum
+        cov_tt = n * n - t_sum @ t_sum
+        product = cov_tt * cov_pp
+        safe = torch.where(product > 0, product, torch.ones_like(product))
+        return torch.where(product > 0, cov_tp / safe.sqrt(), torch.zeros_like(cov_tp))
+
+
+class Perplexity(Metric):
+    """``exp`` of the mean cross-entropy of ``output`` logits against integer targets.
+
+    Every target element (a token, for language models) weighs the same.
+    """
+
+    name = "perplexity"
+
+    def update(self, loss: Tensor, output: Any, target: Any) -> None:
+        logits = output.detach()
+        total = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), target.reshape(-1), reduction="sum"
+        )
+        self._sums_like(total).add_(total)
+        self.count += target.numel()
+
+    def value(self, sums: Tensor, count: float) -> Tensor:
+        return torch.exp(sums[0] / max(count, 1.0))
+
+
+def _snake_case(name: str) -> str:
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name).lower()
+
+
+class TorchMetric(Metric):
+    """Adapter for a ``torchmetrics.Metric``: called as ``metric(output, target)``."""
+
+    def __init__(self, metric: Any) -> None:
+        super().__init__()
+        self.metric = metric
+        self.name = getattr(metric, "name", None) or _snake_case(type(metric).__name__)
+        self._updated = False
+
+    def reset(self) -> None:
+        self.metric.reset()
+        self._updated = False
+
+    def update(self, loss: Tensor, output: Any, target: Any) -> None:
+        output = output.detach() if isinstance(output, Tensor) else output
+        if isinstance(output, Tensor) and self.metric.device != output.device:
+            self.metric.to(output.device)
+        self.metric.update(output, target)
+        self._updated = True
+
+    def value_tensor(self) -> Tensor | None:
+        if not self._updated:
+            return None
+        value = self.metric.compute()
+        return value if isinstance(value, Tensor) else torch.tensor(float(value))
+
+
+_BUILT_IN: dict[str, Callable[[], Metric]] = {
+    "loss": Loss,
+    "accuracy": Accuracy,
+    "top5_accuracy": lambda: TopKAccuracy(5),
+    "mcc": MatthewsCorrelation,
+    "perplexity": Perplexity,
+}
+
+
+def resolve_metrics(metrics: Sequence[Any]) -> list[Metric]:
+    """Turn the loop's ``metrics=`` argument into Metric objects, ``loss`` first and once."""
+    if isinstance(metrics, (str, Metric)):
+        metrics = [metrics]
+    resolved: list[Metric] = []
+    for item in metrics:
+        if isinstance(item, str):
+            key = item.lower()
+            match = re.fullmatch(r"top(\d+)_accuracy", key)
+            if key in _BUILT_IN:
+                resolved.append(_BUILT_IN[key]())
+            elif match:
+                resolved.append(TopKAccuracy(int(match.group(1))))
+            else:
+                raise ValueError(
+                    f"unknown metric name {item!r}; known names: {sorted(_BUILT_IN)} "
+                    "or 'top<k>_accuracy'"
+                )
+        elif isinstance(item, Metric):
+            resolved.append(item)
+        elif hasattr(item, "update") and hasattr(item, "compute") and hasattr(item, "reset"):
+            resolved.append(TorchMetric(item))
+        else:
+            raise TypeError(
+                f"metric {item!r} is neither a metric name, a trainingloop.metrics.Metric "
+                "nor a torchmetrics.Metric"
+            )
+    losses = [m for m in resolved if isinstance(m, Loss)]
+    others = [m for m in resolved if not isinstance(m, Loss)]
+    names = [m.name for m in others]
+    duplicates = {n for n in names if names.count(n) > 1 or n == "loss"}
+    if duplicates:
+        raise ValueError(f"metric names must be unique; repeated: {sorted(duplicates)}")
+    return [losses[0] if losses else Loss(), *others]

@@ -1,0 +1,34 @@
+"""Shared fixtures: small deterministic data and a recorder of events."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+DATA_ROOT = Path(os.environ.get("TRAININGLOOP_DATA", Path(__file__).parents[2] / "shared" / "data"))
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def classification_batches(
+    batches: int, batch: int = 4, features: int = 5, classes: int = 3, seed: int = 0
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``batches`` random (x, y) pairs for a linear classifier."""
+    g = torch.Generator().manual_seed(seed)
+    return [
+        (torch.randn(batch, features, generator=g), torch.randint(0, classes, (batch,), generator=g))
+        for _ in range(batches)
+    ]
+
+
+def require_data(*parts: str) -> Path:
+    """The path of a file in the offline mirror; the test fails (not skips) if it is missing."""
+    path = DATA_ROOT.joinpath(*parts)
+    assert path.exists(), f"offline data missing: {path} (set TRAININGLOOP_DATA)"
+    return path

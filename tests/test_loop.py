@@ -1,0 +1,226 @@
+"""The loop end to end: d2l's linear regression, updaters, custom steps, errors, host reads."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from conftest import classification_batches
+
+import trainingloop as tl
+from trainingloop.callbacks.progress import ProgressPrinter
+
+TRUE_W, TRUE_B = [2.0, -3.4], 4.2
+
+
+def _linear_data() -> tl.data.ArrayDataset:
+    return tl.datasets.synthetic_linear(TRUE_W, TRUE_B, 1000).shuffle(seed=0).batch(10)
+
+
+def _linreg_model() -> torch.nn.Module:
+    net = torch.nn.Linear(2, 1)
+    net.weight.data.normal_(0, 0.01)
+    net.bias.data.fill_(0)
+    return net
+
+
+def test_d2l_linear_regression_recovers_w_and_b() -> None:
+    net = _linreg_model()
+    loop = tl.TrainingLoop(_linear_data(), optimizer=torch.optim.SGD(net.parameters(), lr=0.03),
+                           loss=torch.nn.functional.mse_loss, include_default_callbacks=False)
+    history = loop.fit(net, epochs=3, device="cpu")
+    assert torch.allclose(net.weight.data[0], torch.tensor(TRUE_W), atol=0.02)
+    assert abs(net.bias.item() - TRUE_B) < 0.02
+    assert history["train/loss"][-1] < 1e-3
+    assert loop.global_step == 300
+
+
+def test_from_scratch_updater_d2l_sgd() -> None:
+    w = torch.normal(0, 0.01, size=(2, 1), requires_grad=True)
+    b = torch.zeros(1, requires_grad=True)
+
+    class LinReg(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w, self.b = torch.nn.Parameter(w), torch.nn.Parameter(b)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x @ self.w + self.b
+
+    net = LinReg()
+
+    def squared_loss(y_hat: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return ((y_hat - y.reshape(y_hat.shape)) ** 2 / 2).sum()
+
+    def sgd(loop: tl.TrainingLoop) -> None:  # d2l's sgd(params, lr, batch_size)
+        with torch.no_grad():
+            for p in loop.model.parameters():
+                p -= 0.03 * p.grad / loop.last_input.shape[0]
+
+    loop = tl.TrainingLoop(_linear_data(), optimizer=sgd, loss=squared_loss,
+                           include_default_callbacks=False)
+    loop.fit(net, epochs=3, device="cpu")
+    assert torch.allclose(net.w.data.reshape(-1), torch.tensor(TRUE_W), atol=0.02)
+    assert abs(net.b.item() - TRUE_B) < 0.02
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_custom_step_replaces_forward_and_loss() -> None:
+    calls = []
+
+    def step(loop: tl.TrainingLoop, model: torch.nn.Module) -> torch.Tensor:
+        calls.append(loop.batch_index)
+        loop.last_output = model(loop.last_input)
+        return torch.nn.functional.cross_entropy(loop.last_output, loop.last_target)
+
+    model = torch.nn.Linear(5, 3)
+    loop = tl.TrainingLoop(classification_batches(3), optimizer=torch.optim.SGD(
+        model.parameters(), lr=0.1), metrics=["accuracy"], include_default_callbacks=False)
+    history = loop.fit(model, epochs=1, device="cpu", step=step)
+    assert calls == [0, 1, 2]
+    assert 0.0 <= history["train/accuracy"][0] <= 1.0
+
+
+def test_history_evaluate_and_predict() -> None:
+    model = torch.nn.Linear(5, 3)
+    train, val = classification_batches(4), classification_batches(2, seed=1)
+    loop = tl.TrainingLoop(train, val, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                           loss=torch.nn.functional.cross_entropy, metrics=["accuracy"],
+                           include_default_callbacks=False)
+    history = loop.fit(model, epochs=2, device="auto")
+    assert [r["epoch"] for r in history.epochs] == [1, 2]
+    assert set(history.epochs[0]) == {"epoch", "train/loss", "train/accuracy",
+                                      "validation/loss", "validation/accuracy",
+                                      "examples_per_second"}
+    result = loop.evaluate(model, val, device="cpu")
+    assert result["loss"] == pytest.approx(history["validation/loss"][-1], rel=1e-6)
+    x = torch.cat([b[0] for b in val])
+    y = torch.cat([b[1] for b in val])
+    expected = (model(x).argmax(1) == y).float().mean().item()
+    assert result["accuracy"] == pytest.approx(expected)
+    outputs = loop.predict(model, val, device="cpu")
+    assert len(outputs) == 2 and outputs[0].shape == (4, 3)
+    assert torch.allclose(loop.predict(model, [b[0] for b in val])[1], outputs[1])
+    with pytest.raises(KeyError, match="train/acc"):
+        history["train/acc"]
+
+
+def test_devices() -> None:
+    assert tl.try_gpu() == (torch.device("cuda:0") if torch.cuda.is_available()
+                            else torch.device("cpu"))
+    assert tl.try_gpu(99) == torch.device("cpu")
+
+
+def _small_loop(**kwargs: object) -> tuple[tl.TrainingLoop, torch.nn.Module]:
+    model = torch.nn.Linear(5, 3)
+    defaults: dict = dict(optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                          loss=torch.nn.functional.cross_entropy,
+                          include_default_callbacks=False)
+    defaults.update(kwargs)
+    training = defaults.pop("training", classification_batches(3))
+    return tl.TrainingLoop(training, **defaults), model
+
+
+def test_target_shape_error_names_batch_and_shapes() -> None:
+    batches = classification_batches(3)
+    batches[2] = (batches[2][0], torch.zeros(4, 7))  # a target that does not fit
+    loop, model = _small_loop(training=batches)
+    with pytest.raises(ValueError, match=r"training batch 2.*\(4, 3\).*\(4, 7\)"):
+        loop.fit(model, epochs=1, device="cpu")
+
+
+def test_input_shape_error_names_batch_and_shape() -> None:
+    loop, model = _small_loop(training=[(torch.randn(4, 6), torch.zeros(4, dtype=torch.long))])
+    with pytest.raises(ValueError, match=r"training batch 0.*\(4, 6\)"):
+        loop.fit(model, epochs=1, device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fit_kwargs", "message"),
+    [
+        ({"training": []}, {}, "empty"),
+        ({}, {"epochs": -1}, "epochs must be"),
+        ({"metrics": ["acc"]}, {}, "unknown metric name 'acc'"),
+        ({}, {"device": "cuda:7"}, "cuda:7"),
+        ({}, {"device": "banana"}, "banana"),
+        ({}, {"precision": "8"}, "precision '8'"),
+    ],
+)
+def test_bad_input_fails_before_training(kwargs: dict, fit_kwargs: dict, message: str) -> None:
+    seen: list = []
+    fit_kwargs = {"epochs": 1, "device": "cpu", **fit_kwargs}
+    with pytest.raises(ValueError, match=message):
+        loop, model = _small_loop(**kwargs)
+        loop.fit(model, callbacks=[lambda lp, ev: seen.append(ev)], **fit_kwargs)
+    assert tl.Event.BATCH_START not in seen
+
+
+def test_non_pair_batch_is_named() -> None:
+    loop, model = _small_loop(training=[torch.randn(4, 5)])
+    with pytest.raises(ValueError, match="training batch 0 is a Tensor"):
+        loop.fit(model, epochs=1, device="cpu")
+
+
+def _count_host_reads(monkeypatch: pytest.MonkeyPatch, batches: int) -> int:
+    reads = [0]
+    for name in ("item", "__float__", "__int__", "__bool__", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self: torch.Tensor, *args: object, _original: object = original) -> object:
+            reads[0] += 1
+            return _original(self, *args)  # type: ignore[operator]
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    model = torch.nn.Linear(5, 3)
+    loop = tl.TrainingLoop(
+        classification_batches(batches), classification_batches(2, seed=1),
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        loss=torch.nn.functional.cross_entropy, metrics=["accuracy", "top5_accuracy", "mcc"],
+        callbacks=[ProgressPrinter(stream=io.StringIO())],
+    )
+    loop.fit(model, epochs=2, device="cpu")
+    monkeypatch.undo()
+    return reads[0]
+
+
+def test_no_host_reads_per_training_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    few, many = _count_host_reads(monkeypatch, 5), _count_host_reads(monkeypatch, 50)
+    assert few == many, f"host reads grow with steps: {few} for 5 batches, {many} for 50"
+    assert few <= 2 * 2 * 4 * 2  # epochs x phases x metrics, read at phase ends (x2 slack)
+
+
+def test_progress_printer_plain_format() -> None:
+    out = io.StringIO()
+    loop, model = _small_loop(metrics=["accuracy"], callbacks=[ProgressPrinter(stream=out)])
+    loop.fit(model, epochs=2, device="cpu")
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "Epoch 1/2"
+    assert lines[1].startswith("3/3 [==============================] - loss: ")
+    assert " - accuracy: " in lines[1]
+    assert lines[2].startswith("examples/second: ")
+    assert lines[3] == "Epoch 2/2"
+
+
+def test_progress_printer_terminal_mode_draws_with_rich() -> None:
+    out = io.StringIO()
+    loop, model = _small_loop(callbacks=[ProgressPrinter(stream=out, terminal=True,
+                                                         refresh_rate=0.0)])
+    loop.fit(model, epochs=1, device="cpu")
+    text = out.getvalue()
+    assert "train" in text and "3/3" in text and "loss:" in text
+
+
+def test_default_callbacks_come_first() -> None:
+    loop, _ = _small_loop(include_default_callbacks=True, callbacks=[lambda lp, ev: None])
+    assert isinstance(loop.callbacks[0], ProgressPrinter)
+
+
+def test_import_loads_no_optional_dependency() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, trainingloop; heavy = [m for m in ('rich', 'matplotlib', 'tensorboard',"
+            " 'sklearn', 'safetensors', 'torchmetrics') if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
