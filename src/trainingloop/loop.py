@@ -142,6 +142,7 @@ class TrainingLoop:
         self.history = History()
         self.stop_training = False
         self.examples_per_second = math.nan
+        self.total_steps: int | None = None  # optimizer updates in the whole fit, if known
         self._handlers: dict[Event, list[tuple[str, Handler]]] = resolve_handlers([])
         self._phase_stats: dict[str, float] | None = None
         self._step: Step | None = None
@@ -181,6 +182,9 @@ class TrainingLoop:
         self._step = Step(self, precision=precision, accumulate_grad_batches=accumulate_grad_batches,
                           clip_grad_norm=clip_grad_norm, compile=compile, custom=step)
         self.history, self.global_step, self.stop_training = History(), 0, False
+        batches = _length(self.training)
+        self.total_steps = None if batches is None else epochs * math.ceil(
+            batches / accumulate_grad_batches)
         try:
             self._fire(Event.FIT_START)
             for self.epoch_index in range(epochs):
@@ -231,6 +235,12 @@ class TrainingLoop:
         if self._phase_stats is not None:
             return dict(self._phase_stats)
         return {metric.name: metric.compute() for metric in self.metrics}
+
+    @property
+    def learning_rate(self) -> float | None:
+        """The first parameter group's learning rate (None for a plain updater)."""
+        groups = getattr(self.optimizer, "param_groups", None)
+        return float(groups[0]["lr"]) if groups else None
 
     # -- the loop ------------------------------------------------------------------------------
     def _fire(self, event: Event) -> None:

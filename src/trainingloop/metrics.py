@@ -24,6 +24,7 @@ __all__ = [
     "Loss",
     "MatthewsCorrelation",
     "Metric",
+    "MetricTrace",
     "Perplexity",
     "TopKAccuracy",
     "TorchMetric",
@@ -289,3 +290,58 @@ def resolve_metrics(metrics: Sequence[Any]) -> list[Metric]:
     if duplicates:
         raise ValueError(f"metric names must be unique; repeated: {sorted(duplicates)}")
     return [losses[0] if losses else Loss(), *others]
+
+
+class MetricTrace:
+    """Per-batch running values of a phase's metrics, kept on the device and read in bulk.
+
+    ``record`` costs one small device copy per batch (the metrics' running sums, concatenated);
+    ``read`` moves everything recorded to the host at once and turns it into values. Loggers
+    use it to write per-batch rows without a host sync per step.
+    """
+
+    def __init__(self) -> None:
+        self._parts: list[Tensor] = []
+        self._meta: list[tuple[Any, list[Metric], list[int] | None, list[float]]] = []
+
+    def __len__(self) -> int:
+        return len(self._parts)
+
+    def record(self, metrics: Sequence[Metric], tag: Any) -> None:
+        """Snapshot the running values of ``metrics`` under ``tag`` (no host read)."""
+        metrics = list(metrics)
+        if all(type(m).value_tensor is Metric.value_tensor and m.sums is not None
+               for m in metrics):
+            sums = [m.sums for m in metrics]
+            self._parts.append(torch.cat(sums))  # type: ignore[arg-type]
+            self._meta.append((tag, metrics, [s.numel() for s in sums],  # type: ignore[union-attr]
+                               [m.count for m in metrics]))
+            return
+        values = []
+        for m in metrics:
+            v = m.value_tensor()
+            values.append(torch.tensor(math.nan) if v is None else v.detach().reshape(()))
+        device = next((v.device for v in values if v.device.type != "cpu"), values[0].device)
+        dtype = _accumulator_dtype(device)
+        self._parts.append(torch.stack([v.to(device=device, dtype=dtype) for v in values]))
+        self._meta.append((tag, metrics, None, []))
+
+    def read(self) -> list[tuple[Any, list[float]]]:
+        """``(tag, values)`` of every snapshot since the last read; one host transfer."""
+        if not self._parts:
+            return []
+        flat = torch.cat([p.reshape(-1) for p in self._parts]).cpu()
+        rows: list[tuple[Any, list[float]]] = []
+        offset = 0
+        for tag, metrics, sizes, counts in self._meta:
+            if sizes is None:
+                rows.append((tag, flat[offset:offset + len(metrics)].tolist()))
+                offset += len(metrics)
+                continue
+            values = []
+            for metric, size, count in zip(metrics, sizes, counts):
+                values.append(float(metric.value(flat[offset:offset + size], count)))
+                offset += size
+            rows.append((tag, values))
+        self._parts, self._meta = [], []
+        return rows
