@@ -13,15 +13,20 @@ callback asks (``last_stats``).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import signal
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from trainingloop import _compat
+from trainingloop import _compat, checkpointing
 from trainingloop.callbacks.base import Handler, resolve_handlers
 from trainingloop.devices import move_to_device, resolve_device
 from trainingloop.events import (
@@ -144,8 +149,16 @@ class TrainingLoop:
         self.examples_per_second = math.nan
         self.total_steps: int | None = None  # optimizer updates in the whole fit, if known
         self._handlers: dict[Event, list[tuple[str, Handler]]] = resolve_handlers([])
+        self.interrupted = False  # set by Ctrl-C; the fit stops after the current batch
         self._phase_stats: dict[str, float] | None = None
         self._step: Step | None = None
+        self._fit_callbacks: list[Any] = []
+        self._phase = "idle"  # "train", "validation" or "epoch_end": where a checkpoint stands
+        self._completed = 0  # batches finished in the current phase
+        self._epoch_rng: dict[str, Any] | None = None  # RNG states at this epoch's data start
+        self._resume: dict[str, Any] | None = None
+        self._tape: _LossTape | None = None
+        self._deferred: list[Callable[[], None]] = []
 
     # -- public API ----------------------------------------------------------------------------
     def fit(
@@ -166,6 +179,8 @@ class TrainingLoop:
 
         ``compile=True`` (or a dict of ``torch.compile`` options) compiles the step. ``step`` is
         a custom ``step(loop, model) -> loss`` replacing the default forward and loss.
+        ``resume`` is True (the newest intact checkpoint of the fit's ``tl.Checkpoint``), or the
+        path of a checkpoint (``run/checkpoints/last``): the fit continues exactly from there.
         """
         if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
             raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
@@ -178,23 +193,27 @@ class TrainingLoop:
         self.device = resolve_device(device)
         self.model = model.to(self.device)
         self.epoch_count = epochs
-        self._handlers = resolve_handlers([*self.callbacks, *callbacks])
+        self._fit_callbacks = [*self.callbacks, *callbacks]
+        self._handlers = resolve_handlers(self._fit_callbacks)
         self._step = Step(self, precision=precision, accumulate_grad_batches=accumulate_grad_batches,
                           clip_grad_norm=clip_grad_norm, compile=compile, custom=step)
         self.history, self.global_step, self.stop_training = History(), 0, False
+        self.interrupted, self._phase, self._completed, self._resume = False, "idle", 0, None
         batches = _length(self.training)
         self.total_steps = None if batches is None else epochs * math.ceil(
             batches / accumulate_grad_batches)
-        try:
-            self._fire(Event.FIT_START)
-            for self.epoch_index in range(epochs):
-                self._run_epoch()
-                if self.stop_training:
-                    break
-        except CancelFit:
-            pass
-        finally:
-            self._fire(Event.FIT_END)
+        first_epoch = self._load_resume(resume) if resume else 0
+        with self._interrupt_guard():
+            try:
+                self._fire(Event.FIT_START)
+                for self.epoch_index in range(first_epoch, epochs):
+                    self._run_epoch()
+                    if self.stop_training:
+                        break
+            except CancelFit:
+                pass
+            finally:
+                self._fire(Event.FIT_END)
         return self.history
 
     def evaluate(
@@ -242,12 +261,121 @@ class TrainingLoop:
         groups = getattr(self.optimizer, "param_groups", None)
         return float(groups[0]["lr"]) if groups else None
 
+    def check_finite(self) -> None:
+        """Raise NonFiniteLossError if the running training loss is NaN or infinite (a sync)."""
+        if self.is_training and self._phase == "train" and self._phase_stats is None:
+            self._check_finite({"loss": self.metrics[0].compute()}, self._tape)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything an exact resume needs, except the model's weights (tensors and plain data).
+
+        Valid at ``BATCH_END`` of a training batch that ended with an update, at ``EPOCH_END``,
+        and after an interrupt.
+        """
+        assert self._step is not None
+        mid_training = self._phase == "train"
+        states = {}
+        for key, callback in self._keyed_callbacks():
+            state_dict = getattr(callback, "state_dict", None)
+            if callable(state_dict):
+                states[key] = state_dict()
+        optimizer = self.optimizer.state_dict() if isinstance(  # type: ignore[union-attr]
+            self.optimizer, torch.optim.Optimizer) else None
+        data_state = getattr(self.training, "state_dict", None)
+        return {
+            "epoch_index": self.epoch_index,
+            "phase": self._phase,
+            "position": self._completed,
+            "global_step": self.global_step,
+            "history": self.history.state_dict(),
+            "metrics": [[m.sums, m.count] if m.sums is not None else None
+                        for m in self.metrics] if mid_training else None,
+            "rng": checkpointing.rng_state(),
+            "epoch_rng": self._epoch_rng,
+            "data": data_state() if callable(data_state) and mid_training else None,
+            "optimizer": optimizer,
+            "scaler": self._step.scaler.state_dict() if self._step.scaler is not None else None,
+            "callbacks": states,
+        }
+
+    def _keyed_callbacks(self) -> list[tuple[str, Any]]:
+        return [(f"{i}:{type(c).__name__}", c) for i, c in enumerate(self._fit_callbacks)]
+
+    def _checkpoint_path(self, resume: bool | str | Path) -> Path:
+        if resume is True:
+            folders = [c.dir for c in self._fit_callbacks if hasattr(c, "dir") and
+                       type(c).__name__ == "Checkpoint"]
+            if not folders:
+                raise ValueError("resume=True needs a tl.Checkpoint callback (its folder is "
+                                 "searched); or pass the path of a checkpoint")
+            return checkpointing.find_latest(Path(folders[0]))
+        path = Path(resume)  # type: ignore[arg-type]
+        if not path.exists():
+            raise FileNotFoundError(f"no checkpoint at {path}")
+        return path.resolve()
+
+    def _load_resume(self, resume: bool | str | Path) -> int:
+        """Restore a checkpoint before FIT_START; returns the epoch index to continue with."""
+        assert self.model is not None and self._step is not None
+        path = self._checkpoint_path(resume)
+        state = checkpointing.load(path, self.model)
+        if state["optimizer"] is not None:
+            self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[union-attr]
+        if state["scaler"] is not None and self._step.scaler is not None:
+            self._step.scaler.load_state_dict(state["scaler"])
+        self.history.load_state_dict(state["history"])
+        self.global_step = int(state["global_step"])
+        for key, callback in self._keyed_callbacks():
+            if key in state["callbacks"]:
+                callback.load_state_dict(state["callbacks"][key])
+            elif callable(getattr(callback, "load_state_dict", None)):
+                warnings.warn(f"checkpoint {path} holds no state for callback {key}",
+                              RuntimeWarning, stacklevel=3)
+        if state["phase"] == "epoch_end":
+            checkpointing.restore_rng(state["rng"])
+            return int(state["epoch_index"]) + 1
+        if state["data"] is not None:
+            self.training.load_state_dict(state["data"])  # type: ignore[attr-defined]
+        if state["phase"] == "validation":
+            checkpointing.restore_rng(state["rng"])
+        self._resume = state
+        return int(state["epoch_index"])
+
+    @contextlib.contextmanager
+    def _interrupt_guard(self) -> Iterator[None]:
+        """Turn the first Ctrl-C into a stop after the current batch (a second one is immediate)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.interrupted:
+                raise KeyboardInterrupt
+            self.interrupted = True
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)
+
     # -- the loop ------------------------------------------------------------------------------
+    def call_after_event(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once every handler of the event being fired has run.
+
+        A checkpoint uses this so that it sees every callback's state for this event,
+        wherever it stands in the callback list.
+        """
+        self._deferred.append(action)
+
     def _fire(self, event: Event) -> None:
         label = ""
         try:
             for label, handler in self._handlers[event]:  # noqa: B007 - label names the culprit
                 handler(self)
+            while self._deferred:
+                self._deferred.pop(0)()
         except LoopControl:
             raise
         except Exception as error:
@@ -255,19 +383,46 @@ class TrainingLoop:
             raise
 
     def _run_epoch(self) -> None:
-        self.history.epochs.append({"epoch": self.epoch_index + 1})
+        resumed = self.history.epochs and self.history.epochs[-1]["epoch"] == self.epoch_index + 1
+        if not resumed:
+            self.history.epochs.append({"epoch": self.epoch_index + 1})
         for data in (self.training, self.validation):
             set_epoch = getattr(data, "set_epoch", None)
             if callable(set_epoch):
                 set_epoch(self.epoch_index)
         try:
             self._fire(Event.EPOCH_START)
-            self._run_phase(self.training, training=True)
+            if not (self._resume is not None and self._resume["phase"] == "validation"):
+                self._run_phase(self.training, training=True)
+            self._resume = None
             if self.validation is not None:
                 self._run_phase(self.validation, training=False)
         except CancelEpoch:
             pass
+        self._phase = "epoch_end"
         self._fire(Event.EPOCH_END)
+
+    def _batches(self, data: Iterable[Any], training: bool) -> Iterator[tuple[int, Any]]:
+        """``(batch index, batch)`` pairs; a resumed training phase starts where it stopped."""
+        resume = self._resume if training else None
+        if resume is None:
+            if training:
+                self._epoch_rng = checkpointing.rng_state()
+            return enumerate(data)
+        self._epoch_rng = resume["epoch_rng"]
+        if self._epoch_rng is not None:
+            checkpointing.restore_rng(self._epoch_rng)
+        position = int(resume["position"])
+        iterator = iter(data)
+        if resume["data"] is None:  # no saved position: replay the epoch's order up to it
+            for _ in range(position):
+                next(iterator)
+        checkpointing.restore_rng(resume["rng"])
+        for metric, saved in zip(self.metrics, resume["metrics"] or []):
+            if saved is not None:
+                metric.sums = saved[0].to(self.device)
+                metric.count = saved[1]
+        return enumerate(iterator, start=position)
 
     def _run_phase(
         self, data: Iterable[Any], training: bool, record: bool = True
@@ -283,15 +438,17 @@ class TrainingLoop:
         self.model.train(training)
         self.batch_count = _length(data)
         self._phase_stats = None
+        self._phase, self._completed = ("train" if training else "validation"), 0
         for metric in self.metrics:
             metric.reset()
-        tape = _LossTape() if training else None
+        tape = self._tape = _LossTape() if training else None
         examples = batches = 0
         started = time.perf_counter()
         try:
             self._fire(start)
             with torch.set_grad_enabled(training):
-                for self.batch_index, batch in enumerate(data):
+                for index, batch in self._batches(data, training):
+                    self.batch_index = index
                     batches += 1
                     examples += self._run_batch(batch, training, tape)
             if training:
@@ -340,7 +497,11 @@ class TrainingLoop:
             examples = batch_size(self.last_target) or batch_size(self.last_input)
         except CancelBatch:
             pass
+        self._completed = self.batch_index + 1
         self._fire(Event.BATCH_END)
+        if self.interrupted:
+            raise KeyboardInterrupt(f"interrupted after {'training' if training else 'validation'}"
+                                    f" batch {self.batch_index} of epoch {self.epoch_index + 1}")
         return examples
 
     def _check_finite(self, stats: dict[str, float], tape: _LossTape | None) -> None:

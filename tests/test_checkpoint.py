@@ -1,0 +1,226 @@
+"""Checkpoints: exact resume after exceptions, SIGKILL and Ctrl-C; damaged and hostile files."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import classification_batches
+
+import trainingloop as tl
+from trainingloop import checkpointing
+
+WORKER = Path(__file__).with_name("resume_worker.py")
+TOTAL_STEPS = 75
+
+
+def _worker(directory: Path, *args: str, expect: int = 0) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run([sys.executable, str(WORKER), str(directory), *args],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == expect, done.stderr[-3000:]
+    return done
+
+
+def _weights(directory: Path) -> dict[str, torch.Tensor]:
+    return torch.load(directory / "final.pt", weights_only=True)
+
+
+def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("reference")
+    _worker(directory)
+    return directory
+
+
+def test_resume_after_sigkill_mid_epoch(tmp_path: Path, reference: Path) -> None:
+    _worker(tmp_path, "--kill", "38:BATCH_START", expect=-signal.SIGKILL)
+    assert (tmp_path / "checkpoints" / "last").resolve().name == "epoch=0002-step=0000036"
+    _worker(tmp_path, "--resume")
+    _assert_same(_weights(tmp_path), _weights(reference))
+    assert (tmp_path / "log.csv").read_text() == (reference / "log.csv").read_text()
+
+
+def test_ctrl_c_leaves_a_loadable_checkpoint(tmp_path: Path, reference: Path) -> None:
+    done = _worker(tmp_path, "--sigint", "40", expect=-signal.SIGINT)
+    assert "KeyboardInterrupt" in done.stderr
+    last = (tmp_path / "checkpoints" / "last").resolve()
+    manifest = checkpointing.verify(last)
+    assert manifest["global_step"] == 40 and manifest["phase"] == "train"
+    _worker(tmp_path, "--resume")
+    _assert_same(_weights(tmp_path), _weights(reference))
+
+
+def test_fault_injection_twenty_kills(tmp_path: Path, reference: Path) -> None:
+    rng = random.Random(20261123)
+    events = ["BATCH_START", "UPDATE_START", "BATCH_END", "SAVE"]
+    steps = sorted(rng.sample(range(1, TOTAL_STEPS), 20))
+    kills = 0
+    for step in steps:
+        event = rng.choice(events)
+        if event == "SAVE":
+            step = max(3, step - step % 3)  # checkpoints are written every 3 steps
+        args = ["--kill", f"{step}:{event}"]
+        if kills:
+            args.append("--resume")
+        done = subprocess.run(
+            [sys.executable, str(WORKER), str(tmp_path), *args], capture_output=True,
+            text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}, timeout=120)
+        if done.returncode == -signal.SIGKILL:
+            kills += 1
+        else:  # a SAVE point already passed by the resume: the run finished
+            assert done.returncode == 0, done.stderr[-3000:]
+            (tmp_path / "final.pt").unlink()
+    _worker(tmp_path, "--resume")
+    assert kills >= 18
+    _assert_same(_weights(tmp_path), _weights(reference))
+    assert (tmp_path / "log.csv").read_text() == (reference / "log.csv").read_text()
+    print(f"survived {kills} kills")
+
+
+# -- in-process --------------------------------------------------------------------------------
+def _loop(directory: Path, *extra: object, **checkpoint: object) -> tuple[tl.TrainingLoop,
+                                                                          torch.nn.Module]:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    loop = tl.TrainingLoop(classification_batches(4), classification_batches(2, seed=1),
+                           optimizer=torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9),
+                           loss=torch.nn.functional.cross_entropy,
+                           callbacks=[tl.Checkpoint(directory, **checkpoint), *extra],
+                           include_default_callbacks=False)
+    return loop, model
+
+
+def test_resume_after_exception_in_process(tmp_path: Path) -> None:
+    loop, model = _loop(tmp_path / "a")
+    loop.fit(model, epochs=4, device="cpu")
+    expected = model.state_dict()
+
+    def fail(loop: tl.TrainingLoop, event: tl.Event) -> None:
+        if event is tl.Event.BATCH_END and loop.epoch_index == 2 and loop.batch_index == 1:
+            raise RuntimeError("power cut")
+
+    loop, model = _loop(tmp_path / "b", fail)
+    with pytest.raises(RuntimeError, match="power cut"):
+        loop.fit(model, epochs=4, device="cpu")
+    loop, model = _loop(tmp_path / "b")
+    history = loop.fit(model, epochs=4, device="cpu", resume=tmp_path / "b" / "last")
+    _assert_same(model.state_dict(), expected)
+    assert [r["epoch"] for r in history.epochs] == [1, 2, 3, 4]
+
+
+def test_keep_last_best_and_names(tmp_path: Path) -> None:
+    loop, model = _loop(tmp_path, keep_last=2, monitor="validation/loss")
+    history = loop.fit(model, epochs=4, device="cpu")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    best_epoch = min(range(4), key=lambda i: history["validation/loss"][i]) + 1
+    assert os.readlink(tmp_path / "last") == "epoch=0004-end"
+    assert os.readlink(tmp_path / "best") == f"epoch={best_epoch:04d}-end"
+    expected = {"best", "last", "epoch=0003-end", "epoch=0004-end", f"epoch={best_epoch:04d}-end"}
+    assert set(names) == expected
+    manifest = json.loads((tmp_path / "epoch=0004-end" / "manifest.json").read_text())
+    assert manifest["global_step"] == 16 and set(manifest["files"]) == {"model.safetensors",
+                                                                        "state.pt"}
+
+
+def test_truncated_newest_checkpoint_falls_back_with_warning(tmp_path: Path) -> None:
+    loop, model = _loop(tmp_path, keep_last=3)
+    loop.fit(model, epochs=3, device="cpu")
+    weights = tmp_path / "epoch=0003-end" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-7])
+    loop, model = _loop(tmp_path, keep_last=3)
+    with pytest.raises(tl.checkpointing.CheckpointError, match="truncated"):
+        loop.fit(model, epochs=3, device="cpu", resume=tmp_path / "epoch=0003-end")
+    trained: list = []
+    loop, model = _loop(tmp_path, keep_last=3, every_n_epochs=1)
+    with pytest.warns(RuntimeWarning, match=r"epoch=0003-end.*truncated"):
+        history = loop.fit(model, epochs=3, device="cpu", resume=True,
+                           callbacks=[lambda lp, ev: trained.append(lp.epoch_index)
+                                      if ev is tl.Event.TRAINING_START else None])
+    assert trained == [2] and len(history.epochs) == 3  # epoch 3 again, from epoch 2's end
+    checkpointing.verify(tmp_path / "epoch=0003-end")  # rewritten whole
+
+
+def test_malicious_pickle_does_not_run(tmp_path: Path) -> None:
+    loop, model = _loop(tmp_path)
+    loop.fit(model, epochs=1, device="cpu")
+    entry = tmp_path / "epoch=0001-end"
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self) -> tuple:
+            return (os.system, (f"touch {marker}",))
+
+    (entry / "state.pt").write_bytes(pickle.dumps({"x": Exploit()}))
+    manifest = json.loads((entry / "manifest.json").read_text())
+    state = entry / "state.pt"
+    manifest["files"]["state.pt"] = {"size": state.stat().st_size,
+                                     "sha256": checkpointing._sha256(state)}
+    (entry / "manifest.json").write_text(json.dumps(manifest))
+    loop, model = _loop(tmp_path)
+    with pytest.raises(tl.checkpointing.CheckpointError, match="cannot be loaded safely"):
+        loop.fit(model, epochs=2, device="cpu", resume=entry)
+    assert not marker.exists()
+
+
+def test_other_architecture_names_the_keys(tmp_path: Path) -> None:
+    loop, model = _loop(tmp_path)
+    loop.fit(model, epochs=1, device="cpu")
+    other = torch.nn.Sequential(torch.nn.Linear(5, 3))
+    with pytest.raises(tl.checkpointing.CheckpointError, match=r"missing keys \['0.bias'"):
+        checkpointing.load(tmp_path / "last", other)
+    wider = torch.nn.Linear(5, 4)
+    with pytest.raises(tl.checkpointing.CheckpointError, match="weight"):
+        checkpointing.load(tmp_path / "last", wider)
+
+
+def test_non_finite_loss_names_the_step_and_writes_no_checkpoint(tmp_path: Path) -> None:
+    batches = classification_batches(4)
+    poisoned = [(x.clone(), y) for x, y in batches]
+    seen: list = []
+
+    def poison(loop: tl.TrainingLoop, event: tl.Event) -> None:
+        seen.append((event, loop.epoch_index))
+        if event is tl.Event.BATCH_START and loop.epoch_index == 1 and loop.batch_index == 2:
+            loop.last_input = loop.last_input * float("nan")
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(5, 3)
+    loop = tl.TrainingLoop(poisoned, classification_batches(2, seed=1),
+                           optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                           loss=torch.nn.functional.cross_entropy,
+                           callbacks=[poison, tl.Checkpoint(tmp_path, every_n_steps=1,
+                                                            keep_last=100)],
+                           include_default_callbacks=False)
+    with pytest.raises(tl.NonFiniteLossError, match=r"epoch 2.*global step 6") as info:
+        loop.fit(model, epochs=3, device="cpu")
+    assert (info.value.epoch, info.value.step, info.value.batch) == (2, 6, 2)
+    assert (tl.Event.VALIDATION_START, 1) not in seen
+    steps = sorted(checkpointing.verify(p)["global_step"] for p in checkpointing.entries(tmp_path))
+    assert max(steps) <= 6 and os.readlink(tmp_path / "last").startswith("epoch=0002-step=00000")
+    restored = torch.nn.Linear(5, 3)
+    checkpointing.load(tmp_path / "last", restored)
+    assert all(torch.isfinite(p).all() for p in restored.parameters())
+
+
+def test_resume_true_without_checkpoint_callback_fails() -> None:
+    model = torch.nn.Linear(5, 3)
+    loop = tl.TrainingLoop(classification_batches(2), optimizer=torch.optim.SGD(
+        model.parameters(), lr=0.1), loss=torch.nn.functional.cross_entropy,
+        include_default_callbacks=False)
+    with pytest.raises(ValueError, match="tl.Checkpoint"):
+        loop.fit(model, epochs=1, device="cpu", resume=True)
