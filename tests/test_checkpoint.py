@@ -224,3 +224,36 @@ def test_resume_true_without_checkpoint_callback_fails() -> None:
         include_default_callbacks=False)
     with pytest.raises(ValueError, match="tl.Checkpoint"):
         loop.fit(model, epochs=1, device="cpu", resume=True)
+
+
+def test_dataloader_is_replayed_to_its_position(tmp_path: Path) -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    def run(directory: Path, fail_at: int | None, resume: bool) -> torch.nn.Module:
+        torch.manual_seed(0)
+        g = torch.Generator().manual_seed(1)
+        data = DataLoader(TensorDataset(torch.randn(40, 5, generator=g),
+                                        torch.randint(0, 3, (40,), generator=g)),
+                          batch_size=6, shuffle=True)
+        model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Dropout(0.3),
+                                    torch.nn.Linear(8, 3))
+
+        def fail(loop: tl.TrainingLoop, event: tl.Event) -> None:
+            if event is tl.Event.BATCH_END and loop.global_step == fail_at:
+                raise RuntimeError("crash")
+
+        loop = tl.TrainingLoop(data, optimizer=torch.optim.Adam(model.parameters(), lr=0.01),
+                               loss=torch.nn.functional.cross_entropy,
+                               callbacks=[tl.Checkpoint(directory, every_n_steps=4), fail],
+                               include_default_callbacks=False)
+        if fail_at is None:
+            loop.fit(model, epochs=3, device="cpu", resume=resume or None)
+        else:
+            with pytest.raises(RuntimeError, match="crash"):
+                loop.fit(model, epochs=3, device="cpu")
+        return model
+
+    expected = run(tmp_path / "a", None, False).state_dict()
+    run(tmp_path / "b", 11, False)  # checkpoint at step 8: epoch 2, batch 1 of 7
+    assert os.readlink(tmp_path / "b" / "last") == "epoch=0002-step=0000008"
+    _assert_same(run(tmp_path / "b", None, True).state_dict(), expected)
