@@ -4,8 +4,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # Tests read the offline data mirror that sits beside the clone.
 export TRAININGLOOP_DATA ?= $(abspath ../shared/data)
+# Tests never download: a missing file must fail, not hang on a network that is not there.
+export TRAININGLOOP_NO_DOWNLOAD ?= 1
 
-.PHONY: install test test-slow demo bench lint
+.PHONY: install test test-slow demo bench bench-peers lint
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -31,3 +33,15 @@ demo: install
 
 bench: install
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/compare.py
+
+# Peers (Lightning, Keras 3 on torch, Ignite, Accelerate) live in their own environment.
+PEERS := .venv-peers
+$(PEERS)/.installed: pyproject.toml
+	test -x $(PEERS)/bin/python || python3 -m venv $(PEERS)
+	$(PEERS)/bin/python -m pip install -q torch==2.13.0
+	$(PEERS)/bin/python -m pip install -q -e . lightning keras pytorch-ignite accelerate
+	touch $@
+
+bench-peers: $(PEERS)/.installed
+	$(PEERS)/bin/python benchmarks/compare.py --python $(PEERS)/bin/python

@@ -143,6 +143,7 @@ def test_offline_download_failure_names_files(tmp_path: Path, monkeypatch: pytes
     def offline(*args: object, **kwargs: object) -> None:
         raise urllib.error.URLError("network is unreachable")
 
+    monkeypatch.delenv("TRAININGLOOP_NO_DOWNLOAD", raising=False)
     monkeypatch.setattr(urllib.request, "urlopen", offline)
     with pytest.raises(FileNotFoundError, match=r"t10k-images-idx3-ubyte\.gz.*unreachable"):
         tl.datasets.mnist("test", root=tmp_path)
@@ -160,6 +161,7 @@ def test_download_checks_the_checksum(tmp_path: Path, monkeypatch: pytest.Monkey
         data = (source / name).read_bytes()
         return io.BytesIO(data[:-10] if "labels" in name else data)  # labels arrive truncated
 
+    monkeypatch.delenv("TRAININGLOOP_NO_DOWNLOAD", raising=False)
     monkeypatch.setattr(urllib.request, "urlopen", fake)
     with pytest.raises(FileNotFoundError, match=r"corrupt or truncated"):
         tl.datasets.mnist("test", root=tmp_path)

@@ -113,16 +113,22 @@ def link_atomically(link: Path, target_name: str) -> None:
 
 
 def save(directory: Path, name: str, model: nn.Module, state: dict[str, Any],
-         info: dict[str, Any]) -> Path:
-    """Write a checkpoint folder ``directory/name`` atomically and return its path."""
-    from safetensors.torch import save_model
+         info: dict[str, Any], weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write a checkpoint folder ``directory/name`` atomically and return its path.
+
+    ``weights`` replaces the model's own state dict (FSDP's gathered full weights)."""
+    from safetensors.torch import save_file, save_model
 
     directory.mkdir(parents=True, exist_ok=True)
     final = directory / name
     tmp = directory / f".tmp-{name}-{os.getpid()}-{time.monotonic_ns()}"
     tmp.mkdir()
     try:
-        save_model(unwrap(model), str(tmp / WEIGHTS))
+        if weights is None:
+            save_model(unwrap(model), str(tmp / WEIGHTS))
+        else:  # clones: safetensors refuses tensors that share storage
+            save_file({k: v.detach().cpu().contiguous().clone() for k, v in weights.items()},
+                      str(tmp / WEIGHTS))
         torch.save(state, tmp / STATE)
         files = {}
         for file in (WEIGHTS, STATE):
@@ -204,8 +210,22 @@ def load(path: Path, model: nn.Module) -> dict[str, Any]:
     from safetensors import SafetensorError
     from safetensors.torch import load_model
 
+    from trainingloop import distributed
+
     path = Path(path)
     verify(path)
+    if distributed.is_sharded(unwrap(model)):
+        from safetensors.torch import load_file
+
+        weights = load_file(str(path / WEIGHTS))
+        expected = set(unwrap(model).state_dict())
+        if set(weights) != expected:
+            raise CheckpointError(
+                f"{path / WEIGHTS} is from another architecture: missing keys "
+                f"{sorted(expected - set(weights))}, unexpected keys "
+                f"{sorted(set(weights) - expected)}")
+        distributed.load_full_model_state(unwrap(model), weights)
+        return _load_state(path)
     try:
         missing, unexpected = load_model(unwrap(model), str(path / WEIGHTS), strict=False)
     except (RuntimeError, SafetensorError) as error:
@@ -214,6 +234,10 @@ def load(path: Path, model: nn.Module) -> dict[str, Any]:
         raise CheckpointError(
             f"{path / WEIGHTS} is from another architecture: missing keys {sorted(missing)}, "
             f"unexpected keys {sorted(unexpected)}")
+    return _load_state(path)
+
+
+def _load_state(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path / STATE, map_location="cpu", weights_only=True)
     except Exception as error:  # an unpickling refusal or a corrupt file

@@ -50,7 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         history = module.run(options)
     except FileNotFoundError as error:
-        print(f"trainingloop: {error}", file=sys.stderr)
+        print(f"trainingloop: {error}\nGet the data set's original files (see the README's "
+              "data section) and point --data-dir or TRAININGLOOP_DATA at their parent folder.",
+              file=sys.stderr)
         return 1
     last = history.epochs[-1] if history.epochs else {}
     summary = ", ".join(f"{k} {v:.4f}" for k, v in last.items() if "/" in k)

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["move_to_device", "resolve_device", "try_gpu"]
+__all__ = ["move_to_device", "resolve_device", "synchronize", "try_gpu"]
 
 
 def try_gpu(i: int = 0) -> torch.device:
@@ -71,3 +71,11 @@ def move_to_device(obj: Any, device: torch.device, non_blocking: bool = False) -
     if isinstance(obj, (list, tuple)):
         return type(obj)(move_to_device(v, device, non_blocking) for v in obj)
     return obj
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()

@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from trainingloop import _compat, checkpointing
+from trainingloop import _compat, checkpointing, distributed
 from trainingloop.callbacks.base import Handler, resolve_handlers
-from trainingloop.devices import move_to_device, resolve_device
+from trainingloop.devices import move_to_device, resolve_device, synchronize
 from trainingloop.events import (
     CancelBatch,
     CancelEpoch,
@@ -158,7 +158,11 @@ class TrainingLoop:
         self._epoch_rng: dict[str, Any] | None = None  # RNG states at this epoch's data start
         self._resume: dict[str, Any] | None = None
         self._tape: _LossTape | None = None
+        self._train_data: Any = training
+        self._val_data: Any = validation
         self._deferred: list[Callable[[], None]] = []
+        self._warming_up = False
+        self._skipped = 0
 
     # -- public API ----------------------------------------------------------------------------
     def fit(
@@ -174,6 +178,7 @@ class TrainingLoop:
         clip_grad_norm: float | None = None,
         step: Callable[[TrainingLoop, nn.Module], Tensor] | None = None,
         resume: bool | str | None = None,
+        strategy: str = "ddp",
     ) -> History:
         """Train ``model`` for ``epochs`` epochs and return the History.
 
@@ -181,6 +186,8 @@ class TrainingLoop:
         a custom ``step(loop, model) -> loss`` replacing the default forward and loss.
         ``resume`` is True (the newest intact checkpoint of the fit's ``tl.Checkpoint``), or the
         path of a checkpoint (``run/checkpoints/last``): the fit continues exactly from there.
+        Under ``torchrun`` the model is wrapped by ``strategy`` (``"ddp"``, ``"fsdp"`` for FSDP2,
+        ``"none"``) and each rank trains on its shard of the data.
         """
         if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
             raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
@@ -190,8 +197,11 @@ class TrainingLoop:
             raise ValueError("TrainingLoop needs loss=... unless fit() is given a custom step")
         if _length(self.training) == 0:
             raise ValueError(f"the training data ({type(self.training).__name__}) is empty")
-        self.device = resolve_device(device)
-        self.model = model.to(self.device)
+        session = distributed.setup(None if device == "auto" else resolve_device(device))
+        self.device = session.device or resolve_device(device)
+        self.model = distributed.wrap(model.to(self.device), self.optimizer, strategy, self.device)
+        self._train_data = distributed.shard(self.training)
+        self._val_data = None if self.validation is None else distributed.shard(self.validation)
         self.epoch_count = epochs
         self._fit_callbacks = [*self.callbacks, *callbacks]
         self._handlers = resolve_handlers(self._fit_callbacks)
@@ -199,7 +209,8 @@ class TrainingLoop:
                           clip_grad_norm=clip_grad_norm, compile=compile, custom=step)
         self.history, self.global_step, self.stop_training = History(), 0, False
         self.interrupted, self._phase, self._completed, self._resume = False, "idle", 0, None
-        batches = _length(self.training)
+        self._warming_up = self._step.compiled
+        batches = _length(self._train_data)
         self.total_steps = None if batches is None else epochs * math.ceil(
             batches / accumulate_grad_batches)
         first_epoch = self._load_resume(resume) if resume else 0
@@ -213,7 +224,10 @@ class TrainingLoop:
             except CancelFit:
                 pass
             finally:
-                self._fire(Event.FIT_END)
+                try:
+                    self._fire(Event.FIT_END)
+                finally:
+                    session.close()
         return self.history
 
     def evaluate(
@@ -280,9 +294,13 @@ class TrainingLoop:
             state_dict = getattr(callback, "state_dict", None)
             if callable(state_dict):
                 states[key] = state_dict()
-        optimizer = self.optimizer.state_dict() if isinstance(  # type: ignore[union-attr]
-            self.optimizer, torch.optim.Optimizer) else None
-        data_state = getattr(self.training, "state_dict", None)
+        optimizer = None
+        if isinstance(self.optimizer, torch.optim.Optimizer):
+            assert self.model is not None
+            model = checkpointing.unwrap(self.model)
+            optimizer = (distributed.full_optimizer_state(model, self.optimizer)
+                         if distributed.is_sharded(model) else self.optimizer.state_dict())
+        data_state = getattr(self._train_data, "state_dict", None)
         return {
             "epoch_index": self.epoch_index,
             "phase": self._phase,
@@ -293,6 +311,8 @@ class TrainingLoop:
                         for m in self.metrics] if mid_training else None,
             "rng": checkpointing.rng_state(),
             "epoch_rng": self._epoch_rng,
+            "rng_by_rank": distributed.gather_objects([checkpointing.rng_state(), self._epoch_rng])
+            if distributed.world_size() > 1 else None,
             "data": data_state() if callable(data_state) and mid_training else None,
             "optimizer": optimizer,
             "scaler": self._step.scaler.state_dict() if self._step.scaler is not None else None,
@@ -320,8 +340,14 @@ class TrainingLoop:
         assert self.model is not None and self._step is not None
         path = self._checkpoint_path(resume)
         state = checkpointing.load(path, self.model)
+        if state.get("rng_by_rank"):
+            state["rng"], state["epoch_rng"] = state["rng_by_rank"][distributed.rank()]
         if state["optimizer"] is not None:
-            self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[union-attr]
+            model = checkpointing.unwrap(self.model)
+            if distributed.is_sharded(model):
+                distributed.load_full_optimizer_state(model, self.optimizer, state["optimizer"])
+            else:
+                self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[union-attr]
         if state["scaler"] is not None and self._step.scaler is not None:
             self._step.scaler.load_state_dict(state["scaler"])
         self.history.load_state_dict(state["history"])
@@ -336,7 +362,7 @@ class TrainingLoop:
             checkpointing.restore_rng(state["rng"])
             return int(state["epoch_index"]) + 1
         if state["data"] is not None:
-            self.training.load_state_dict(state["data"])  # type: ignore[attr-defined]
+            self._train_data.load_state_dict(state["data"])
         if state["phase"] == "validation":
             checkpointing.restore_rng(state["rng"])
         self._resume = state
@@ -386,17 +412,17 @@ class TrainingLoop:
         resumed = self.history.epochs and self.history.epochs[-1]["epoch"] == self.epoch_index + 1
         if not resumed:
             self.history.epochs.append({"epoch": self.epoch_index + 1})
-        for data in (self.training, self.validation):
+        for data in (self._train_data, self._val_data):
             set_epoch = getattr(data, "set_epoch", None)
             if callable(set_epoch):
                 set_epoch(self.epoch_index)
         try:
             self._fire(Event.EPOCH_START)
             if not (self._resume is not None and self._resume["phase"] == "validation"):
-                self._run_phase(self.training, training=True)
+                self._run_phase(self._train_data, training=True)
             self._resume = None
-            if self.validation is not None:
-                self._run_phase(self.validation, training=False)
+            if self._val_data is not None:
+                self._run_phase(self._val_data, training=False)
         except CancelEpoch:
             pass
         self._phase = "epoch_end"
@@ -413,6 +439,7 @@ class TrainingLoop:
         if self._epoch_rng is not None:
             checkpointing.restore_rng(self._epoch_rng)
         position = int(resume["position"])
+        self._skipped = position
         iterator = iter(data)
         if resume["data"] is None:  # no saved position: replay the epoch's order up to it
             for _ in range(position):
@@ -439,6 +466,7 @@ class TrainingLoop:
         self.batch_count = _length(data)
         self._phase_stats = None
         self._phase, self._completed = ("train" if training else "validation"), 0
+        self._skipped = 0  # batches a resume skipped in this phase
         for metric in self.metrics:
             metric.reset()
         tape = self._tape = _LossTape() if training else None
@@ -451,13 +479,18 @@ class TrainingLoop:
                     self.batch_index = index
                     batches += 1
                     examples += self._run_batch(batch, training, tape)
+                    if training and self._warming_up:  # exclude compilation from the rate
+                        self._warming_up = False
+                        synchronize(self.device)
+                        examples, started = 0, time.perf_counter()
             if training:
                 self._step.flush()
         except cancel:
             batches = max(batches, 1)  # cancelled on purpose: not an empty data set
+        distributed.reduce_metrics(self.metrics)  # global values on every rank
         stats = {metric.name: metric.compute() for metric in self.metrics}  # the phase's sync
         if training:
-            if batches == 0 and self.epoch_index == 0:
+            if batches == 0 and self.epoch_index == 0 and not self._skipped:
                 raise ValueError(f"the training data ({type(data).__name__}) yielded no batch")
             self.examples_per_second = examples / max(time.perf_counter() - started, 1e-9)
             self._check_finite(stats, tape)

@@ -54,8 +54,22 @@ def describe(obj: Any) -> str:
     return type(obj).__name__
 
 
+def forward_and_loss(model: Any, loss: Callable[[Any, Any], Tensor], input: Any,
+                     target: Any) -> tuple[Tensor, Any]:
+    """The default forward pass and loss; a module-level function so that the compiled graph
+    is cached across fits of the same model (Dynamo caches per code object and guards)."""
+    output = model(input)
+    return loss(output, target), output
+
+
+_NOT_MISFITS: tuple[type[BaseException], ...] = (
+    torch.OutOfMemoryError, *([torch.distributed.DistError]
+                              if hasattr(torch.distributed, "DistError") else []))
+
+
 def _misfit(error: Exception) -> bool:
-    return isinstance(error, _FIT_ERRORS) and not isinstance(error, torch.OutOfMemoryError)
+    """Whether ``error`` means the batch does not fit (not memory, not communication)."""
+    return isinstance(error, _FIT_ERRORS) and not isinstance(error, _NOT_MISFITS)
 
 
 class Step:
@@ -93,7 +107,7 @@ class Step:
         self.is_updater = not isinstance(self.optimizer, torch.optim.Optimizer)
         self.pending = 0  # micro-batches whose gradients await an update
         self.compiled = False
-        self.forward_loss: Callable[[Any, Any], tuple[Tensor, Any]] = self._forward_loss
+        self.forward_loss: Callable[..., tuple[Tensor, Any]] = forward_and_loss
         self.forward: Callable[[Any], Any] = self.model
         self.optimizer_step: Callable[[], Any] | None = (
             None if self.is_updater else self.optimizer.step  # type: ignore[union-attr]
@@ -103,23 +117,34 @@ class Step:
 
     # -- compilation -------------------------------------------------------------------------
     def _compile(self, options: dict[str, Any]) -> None:
-        """Compile forward+loss, the plain forward and the optimizer update."""
+        """Compile forward+loss (AOTAutograd compiles their backward), the plain forward used
+        by validation, and the optimizer update.
+
+        A compiled optimizer re-specialises on a float learning rate, so the rates of its
+        parameter groups become 0-d tensors (schedulers then fill them in place).
+        """
         try:
-            self.forward_loss = torch.compile(self._forward_loss, **options)
+            self.forward_loss = torch.compile(forward_and_loss, **options)
             self.forward = torch.compile(self.model, **options)
             if self.optimizer_step is not None and self.scaler is None:
+                for group in self.optimizer.param_groups:  # type: ignore[union-attr]
+                    if not isinstance(group["lr"], Tensor):
+                        group["lr"] = torch.tensor(float(group["lr"]))
                 self.optimizer_step = torch.compile(self.optimizer_step, **options)
             self.compiled = True
         except Exception as error:
-            warnings.warn(f"torch.compile is not usable here ({error}); running eagerly",
-                          RuntimeWarning, stacklevel=3)
-            self.forward_loss, self.forward = self._forward_loss, self.model
+            self._fall_back(error)
+
+    def _fall_back(self, error: BaseException) -> None:
+        """Give up on compilation for the rest of the fit, with a warning that says why."""
+        warnings.warn(f"torch.compile failed ({type(error).__name__}: {error}); running "
+                      "eagerly", RuntimeWarning, stacklevel=4)
+        self.compiled = False
+        self.forward_loss, self.forward = forward_and_loss, self.model
+        if not self.is_updater:
+            self.optimizer_step = self.optimizer.step  # type: ignore[union-attr]
 
     # -- forward -----------------------------------------------------------------------------
-    def _forward_loss(self, input: Any, target: Any) -> tuple[Tensor, Any]:
-        output = self.model(input)
-        return self.loop.loss(output, target), output
-
     def _phase(self) -> str:
         return "training" if self.loop.is_training else "validation"
 
@@ -151,14 +176,14 @@ class Step:
             return self.custom(loop, self.model), loop.last_output
         if self.compiled:
             try:
-                return self.forward_loss(loop.last_input, loop.last_target)
+                return self.forward_loss(self.model, loop.loss, loop.last_input, loop.last_target)
             except Exception as error:
-                if not _misfit(error):
+                if isinstance(error, torch.OutOfMemoryError):
                     raise
-                raise BatchError(
-                    f"training batch {loop.batch_index} (input {describe(loop.last_input)}, "
-                    f"target {describe(loop.last_target)}) failed: {error}"
-                ) from error
+                output = self._call_model(loop.last_input)  # a misfit raises BatchError here
+                result = self._call_loss(output, loop.last_target), output
+                self._fall_back(error)  # eager works: the compiler was the problem
+                return result
         output = self._call_model(loop.last_input)
         return self._call_loss(output, loop.last_target), output
 
@@ -170,11 +195,15 @@ class Step:
         scaled = loss / self.accumulate if self.accumulate > 1 else loss
         if self.scaler is not None:
             scaled = self.scaler.scale(scaled)
-        scaled.backward()
-        self.pending += 1
         loop = self.loop
         last = loop.batch_count is not None and loop.batch_index + 1 >= loop.batch_count
-        if self.pending >= self.accumulate or last:
+        updating = self.pending + 1 >= self.accumulate or last
+        no_sync = getattr(self.model, "no_sync", None)
+        # DDP all-reduces gradients only on the micro-batch that updates.
+        with no_sync() if (no_sync is not None and not updating) else contextlib.nullcontext():
+            scaled.backward()
+        self.pending += 1
+        if updating:
             self.update()
         return loss.detach(), output
 
@@ -210,7 +239,13 @@ class Step:
             self.scaler.update()
         else:
             assert self.optimizer_step is not None
-            self.optimizer_step()
+            try:
+                self.optimizer_step()
+            except Exception as error:
+                if not self.compiled:
+                    raise
+                self._fall_back(error)
+                self.optimizer.step()  # type: ignore[union-attr]
         self.zero_grad()
         loop.global_step += 1
 

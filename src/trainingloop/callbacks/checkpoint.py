@@ -90,6 +90,11 @@ class Checkpoint(Callback):
     def save(self, loop: TrainingLoop, name: str) -> Path | None:
         """Write a checkpoint named ``name`` now; returns its path (None where not rank 0)."""
         assert loop.model is not None
+        from trainingloop import distributed
+
+        state = loop.state_dict()  # on every rank: it gathers each rank's RNG states
+        weights = (distributed.full_model_state(checkpointing.unwrap(loop.model))
+                   if distributed.is_sharded(checkpointing.unwrap(loop.model)) else None)
         if not getattr(self, "_enabled", True):
             return None
         if not _weights_finite(loop.model):
@@ -99,12 +104,11 @@ class Checkpoint(Callback):
         value = self._monitored(loop) if name.endswith("-end") else None
         if value is not None and self._better(value):
             self.best_value, self.best_name = value, name
-        state = loop.state_dict()
         info = {"epoch": loop.epoch_index + 1, "global_step": loop.global_step,
                 "phase": state["phase"], "position": state["position"]}
         if value is not None:
             info["monitor"] = {self.monitor: value}
-        path = checkpointing.save(self.dir, name, loop.model, state, info)
+        path = checkpointing.save(self.dir, name, loop.model, state, info, weights)
         checkpointing.link_atomically(self.dir / "last", name)
         if self.best_name == name:
             checkpointing.link_atomically(self.dir / "best", name)

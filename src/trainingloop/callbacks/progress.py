@@ -60,6 +60,7 @@ class ProgressPrinter(Callback):
         self._task: Any = None
         self._last_draw = 0.0
         self._animated = False
+        self._silent = False
 
     # -- helpers ---------------------------------------------------------------------------
     def _out(self) -> IO[str]:
@@ -72,11 +73,15 @@ class ProgressPrinter(Callback):
         return bool(isatty and isatty())
 
     def _print(self, text: str) -> None:
-        print(text, file=self._out(), flush=True)
+        if not self._silent:
+            print(text, file=self._out(), flush=True)
 
     # -- events ----------------------------------------------------------------------------
     def on_fit_start(self, loop: TrainingLoop) -> None:
-        self._animated = self._is_terminal() and _rich_available()
+        from trainingloop.distributed import is_main_process
+
+        self._silent = not is_main_process()
+        self._animated = not self._silent and self._is_terminal() and _rich_available()
 
     def on_epoch_start(self, loop: TrainingLoop) -> None:
         self._print(f"Epoch {loop.epoch_index + 1}/{loop.epoch_count}")

@@ -2,7 +2,8 @@
 
 Each reader looks under ``root`` (default ``$TRAININGLOOP_DATA``, else
 ``~/.cache/trainingloop``) in the data set's own folder, downloads missing files from the
-canonical source when ``download=True`` (checking a checksum, writing atomically), and
+canonical source when ``download=True`` and ``$TRAININGLOOP_NO_DOWNLOAD`` is unset (checking a
+checksum, writing atomically), and
 otherwise fails with an error that names every missing file and the folder searched. A
 corrupt or truncated file is reported as such, never half-read.
 
@@ -103,7 +104,7 @@ def _require(
     """Paths of ``files`` (name -> (url, checksum)) in ``folder``, downloading missing ones."""
     missing = [name for name in files if not (folder / name).exists()]
     failures: list[str] = []
-    if missing and download:
+    if missing and download and not os.environ.get("TRAININGLOOP_NO_DOWNLOAD"):
         for name in list(missing):
             url, checksum = files[name]
             if url is None:

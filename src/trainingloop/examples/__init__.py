@@ -12,10 +12,19 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-__all__ = ["EXAMPLES", "Options", "load"]
+__all__ = ["EXAMPLES", "Options", "fit", "load", "outputs"]
 
 EXAMPLES: dict[str, str] = {
     "digits": "trainingloop.examples.digits",
+    "linear-regression": "trainingloop.examples.linear_regression",
+    "softmax-fashion-mnist": "trainingloop.examples.softmax_fashion_mnist",
+    "lenet-fashion-mnist": "trainingloop.examples.lenet_fashion_mnist",
+    "mlp-mnist": "trainingloop.examples.mlp_mnist",
+    "lenet-mnist": "trainingloop.examples.lenet_mnist",
+    "resnet-cifar10": "trainingloop.examples.resnet_cifar10",
+    "bert-cola": "trainingloop.examples.bert_cola",
+    "gpt-wikitext2": "trainingloop.examples.gpt_wikitext2",
+    "gpt-shakespeare": "trainingloop.examples.gpt_shakespeare",
 }
 
 
@@ -48,3 +57,29 @@ def load(name: str) -> ModuleType:
     if name not in EXAMPLES:
         raise ValueError(f"unknown example {name!r}; examples: {', '.join(EXAMPLES)}")
     return importlib.import_module(EXAMPLES[name])
+
+
+def outputs(options: Options, csv: bool = True, tensorboard: bool = True, plot: bool = True,
+            checkpoints: bool = True) -> list[Any]:
+    """The callbacks every example writes under ``options.out``: ``log.csv``, a TensorBoard
+    run, ``curves.png`` and ``checkpoints/``."""
+    import trainingloop as tl
+
+    out = Path(options.out)
+    callbacks: list[Any] = []
+    if csv:
+        callbacks.append(tl.CSVLogger(out / "log.csv"))
+    if tensorboard:
+        callbacks.append(tl.TensorBoardLogger(out / "tensorboard"))
+    if plot:
+        callbacks.append(tl.ProgressPlot(out / "curves.png"))
+    if checkpoints:
+        callbacks.append(tl.Checkpoint(out / "checkpoints", keep_last=1))
+    return callbacks
+
+
+def fit(loop: Any, model: Any, options: Options) -> Any:
+    """``loop.fit`` with the command line's device, compile, precision and resume options."""
+    return loop.fit(model, epochs=options.epochs, device=options.device,
+                    compile=options.compile, precision=options.precision,
+                    resume=True if options.resume else None)

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import trainingloop as tl
-from trainingloop.examples import Options
+from trainingloop.examples import Options, fit, outputs
 
 DESCRIPTION = "MLP on scikit-learn's 8x8 digits (embedded, no download)"
 DEFAULTS = {"epochs": 10, "batch_size": 32, "lr": 0.1}
@@ -36,6 +36,6 @@ def run(options: Options) -> tl.History:
     train, test = data(o.batch_size)
     loop = tl.TrainingLoop(train, test, optimizer=torch.optim.SGD(net.parameters(), lr=o.lr,
                                                                   momentum=0.9),
-                           loss=nn.functional.cross_entropy, metrics=["accuracy"])
-    return loop.fit(net, epochs=o.epochs, device=o.device, compile=o.compile,
-                    precision=o.precision)
+                           loss=nn.functional.cross_entropy, metrics=["accuracy"],
+                           callbacks=outputs(o))
+    return fit(loop, net, o)

@@ -1,0 +1,54 @@
+"""The command line: list, run with outputs, resume, and a missing data set."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from trainingloop.cli import main
+
+
+def test_list(capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["list"]) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert names == ["digits", "linear-regression", "softmax-fashion-mnist",
+                     "lenet-fashion-mnist", "mlp-mnist", "lenet-mnist", "resnet-cifar10",
+                     "bert-cola", "gpt-wikitext2", "gpt-shakespeare"]
+
+
+def test_run_writes_every_output_and_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "digits"
+    command = [sys.executable, "-m", "trainingloop", "run", "digits", "--epochs", "2",
+               "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"outputs in {out}" in done.stdout
+    assert (out / "log.csv").exists() and (out / "curves.png").exists()
+    assert len(list((out / "tensorboard").iterdir())) == 1
+    assert os.readlink(out / "checkpoints" / "last") == "epoch=0002-end"
+    rows = len((out / "log.csv").read_text().splitlines())
+    resumed = subprocess.run([*command[:-4], "--epochs", "3", "--out", str(out), "--resume"],
+                             capture_output=True, text=True, env=env, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Epoch 3/3" in resumed.stdout and "Epoch 1/3" not in resumed.stdout
+    assert len((out / "log.csv").read_text().splitlines()) == rows + rows // 2
+
+
+def test_missing_data_set_names_files_and_folder(tmp_path: Path, capsys,  # type: ignore[no-untyped-def]
+                                                 monkeypatch) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("TRAININGLOOP_NO_DOWNLOAD", "1")
+    monkeypatch.setenv("TRAININGLOOP_DATA", str(empty))
+    code = main(["run", "mlp-mnist", "--data-dir", str(empty), "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "train-images-idx3-ubyte.gz" in err and str(empty / "mnist") in err
+
+
+def test_unknown_example(capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["run", "nope"]) == 2
+    assert "unknown example 'nope'" in capsys.readouterr().err

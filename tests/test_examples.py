@@ -1,0 +1,106 @@
+"""The examples reproduce their published results on the real data in ../shared/data.
+
+Each test runs the example exactly as ``trainingloop run NAME`` does. Timings go to the README,
+not into assertions. The longest runs are marked ``slow`` (``make test-slow``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+import trainingloop as tl
+from trainingloop.examples import Options, load
+
+
+def run(name: str, tmp_path: Path, **options: object) -> tl.History:
+    return load(name).run(Options(out=tmp_path / name, **options))  # type: ignore[arg-type]
+
+
+def unigram_perplexity(train: tl.data.ArrayDataset, evaluation: tl.data.ArrayDataset) -> float:
+    """Perplexity of add-one-smoothed unigram frequencies of ``train`` on ``evaluation``."""
+    counts = Counter(train.column("input").reshape(-1).tolist())
+    vocabulary = len(train.attributes["tokenizer"])
+    total = sum(counts.values()) + vocabulary
+    tokens = evaluation.column("target").reshape(-1).tolist()
+    nll = -sum(math.log((counts[t] + 1) / total) for t in tokens) / len(tokens)
+    return math.exp(nll)
+
+
+def test_digits_demo(tmp_path: Path) -> None:
+    history = run("digits", tmp_path)
+    assert history["validation/accuracy"][-1] >= 0.95
+
+
+def test_linear_regression(tmp_path: Path) -> None:
+    history = run("linear-regression", tmp_path)
+    assert history["train/loss"][-1] < 1e-3
+
+
+def test_mindspore_mlp_mnist(tmp_path: Path) -> None:
+    accuracy = run("mlp-mnist", tmp_path)["validation/accuracy"]
+    assert accuracy[0] >= 0.84 and accuracy[1] >= 0.89  # published: 85.3%, 90.2%
+
+
+def test_d2l_softmax_regression_fashion_mnist(tmp_path: Path) -> None:
+    history = run("softmax-fashion-mnist", tmp_path)
+    assert history["train/loss"][-1] < 0.5
+    assert history["train/accuracy"][-1] > 0.7
+    assert history["validation/accuracy"][-1] >= 0.80
+    assert (tmp_path / "softmax-fashion-mnist" / "curves.png").stat().st_size > 10_000
+
+
+def test_d2l_lenet_fashion_mnist(tmp_path: Path) -> None:
+    history = run("lenet-fashion-mnist", tmp_path)
+    # d2l (PyTorch, 2nd edition, section 7.6) reports test accuracy 0.780 at lr 0.9, 10 epochs.
+    assert abs(history["validation/accuracy"][-1] - 0.780) <= 0.03
+
+
+def test_lenet_mnist_one_epoch_with_csv(tmp_path: Path) -> None:
+    history = run("lenet-mnist", tmp_path, epochs=1)
+    assert history["validation/accuracy"][0] > 0.9
+    rows = (tmp_path / "lenet-mnist" / "log.csv").read_text().splitlines()
+    assert rows[0] == "epoch,batch,phase,loss,accuracy"
+    assert rows[468].startswith("1,468,train,") and rows[469].startswith("1,1,validation,")
+
+
+@pytest.mark.slow
+def test_s4tf_lenet_mnist_twelve_epochs(tmp_path: Path) -> None:
+    history = run("lenet-mnist", tmp_path)
+    assert history["validation/accuracy"][-1] > 0.98
+
+
+def test_bert_cola_positive_mcc(tmp_path: Path) -> None:
+    history = run("bert-cola", tmp_path)
+    assert max(history["validation/mcc"]) > 0.0
+
+
+def test_gpt_shakespeare_beats_unigram(tmp_path: Path) -> None:
+    history = run("gpt-shakespeare", tmp_path, epochs=1)
+    root = tl.datasets.data_root() if hasattr(tl.datasets, "data_root") else None
+    assert root is not None
+    train = tl.datasets.tiny_shakespeare("train", block_size=64)
+    validation = tl.datasets.tiny_shakespeare("validation", block_size=64)
+    baseline = unigram_perplexity(train, validation)
+    assert history["validation/perplexity"][-1] < baseline
+    runs = list((tmp_path / "gpt-shakespeare" / "tensorboard").iterdir())
+    assert len(runs) == 1 and (runs[0] / "validation").is_dir()
+
+
+def test_gpt_wikitext2_beats_unigram(tmp_path: Path) -> None:
+    history = run("gpt-wikitext2", tmp_path, epochs=2)
+    train = tl.datasets.wikitext2("validation", block_size=35, vocabulary_split="validation")
+    test = tl.datasets.wikitext2("test", block_size=35, vocabulary_split="validation")
+    assert history["validation/perplexity"][-1] < unigram_perplexity(train, test)
+
+
+def test_resnet_cifar10_subset_runs_end_to_end(tmp_path: Path) -> None:
+    with pytest.warns(UserWarning, match="subset"):
+        history = run("resnet-cifar10", tmp_path, epochs=2, batch_size=128)
+    assert history["validation/accuracy"][-1] > 0.2  # 10 classes: well above chance
+    assert 0.0 < history["validation/top5_accuracy"][-1] <= 1.0
+    assert torch.isfinite(torch.tensor(history["train/loss"])).all()
