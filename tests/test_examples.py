@@ -56,8 +56,9 @@ def test_d2l_softmax_regression_fashion_mnist(tmp_path: Path) -> None:
 
 def test_d2l_lenet_fashion_mnist(tmp_path: Path) -> None:
     history = run("lenet-fashion-mnist", tmp_path)
-    # d2l (PyTorch, 2nd edition, section 7.6) reports test accuracy 0.780 at lr 0.9, 10 epochs.
-    assert abs(history["validation/accuracy"][-1] - 0.780) <= 0.03
+    # zh.d2l.ai's PyTorch LeNet section prints "loss 0.469, train acc 0.823, test acc 0.779"
+    # for lr 0.9 and 10 epochs (another of its builds printed 0.814).
+    assert abs(history["validation/accuracy"][-1] - 0.779) <= 0.03
 
 
 def test_lenet_mnist_one_epoch_with_csv(tmp_path: Path) -> None:
@@ -81,8 +82,6 @@ def test_bert_cola_positive_mcc(tmp_path: Path) -> None:
 
 def test_gpt_shakespeare_beats_unigram(tmp_path: Path) -> None:
     history = run("gpt-shakespeare", tmp_path, epochs=1)
-    root = tl.datasets.data_root() if hasattr(tl.datasets, "data_root") else None
-    assert root is not None
     train = tl.datasets.tiny_shakespeare("train", block_size=64)
     validation = tl.datasets.tiny_shakespeare("validation", block_size=64)
     baseline = unigram_perplexity(train, validation)
