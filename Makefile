@@ -33,6 +33,8 @@ demo: install
 
 bench: install
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/data.py
+	$(PY) benchmarks/import_time.py
 	$(PY) benchmarks/compare.py
 
 # Peers (Lightning, Keras 3 on torch, Ignite, Accelerate) live in their own environment.

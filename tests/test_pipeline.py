@@ -114,3 +114,18 @@ def test_loop_calls_set_epoch() -> None:
                                       if ev is tl.Event.TRAINING_START else None])
     loop.fit(model, epochs=3, device="cpu")
     assert epochs == [0, 1, 2]
+
+
+def test_cache_applies_the_transforms_once_with_the_same_result() -> None:
+    calls = []
+
+    def double(t: torch.Tensor) -> torch.Tensor:
+        calls.append(len(t))
+        return t * 2
+
+    mapped = _ds(10).map(double, "x")
+    cached = mapped.cache(chunk=4)
+    assert calls == [4, 4, 2]
+    for (a, b), (c, d) in zip(mapped.shuffle(seed=1).batch(3), cached.shuffle(seed=1).batch(3)):
+        assert torch.equal(a, c) and torch.equal(b, d)
+    assert calls == [4, 4, 2, 3, 3, 3, 1]  # only the uncached pipeline ran the transform again

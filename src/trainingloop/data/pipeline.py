@@ -104,6 +104,27 @@ class ArrayDataset:
         other._drop_remainder = drop_remainder
         return other
 
+    def cache(self, chunk: int = 4096) -> ArrayDataset:
+        """Apply the transforms mapped so far to every example once and keep the results.
+
+        As tf.data's ``cache()``: put it after deterministic transforms (scaling,
+        normalisation, layout) and before random ones, which must stay per batch.
+        """
+        other = self._derive()
+        for name, transforms in self._transforms.items():
+            if not transforms:
+                continue
+            column = self._columns[name]
+            parts = []
+            for start in range(0, max(self._length, 1), chunk):
+                values = column[start:start + chunk]
+                for transform in transforms:
+                    values = transform(values)
+                parts.append(values)
+            other._columns[name] = torch.cat(parts)
+            other._transforms[name] = []
+        return other
+
     def to(self, device: str | torch.device, non_blocking: bool = False) -> ArrayDataset:
         """Move every column to ``device``; transforms then run there too."""
         other = self._derive()
@@ -180,7 +201,9 @@ class ArrayDataset:
     def _gather(self, indices: Tensor | slice) -> tuple[Tensor, ...]:
         out = []
         for name, column in self._columns.items():
-            values = column[indices]
+            # index_select is several times faster than advanced indexing for a row gather
+            values = column[indices] if isinstance(indices, slice) else column.index_select(
+                0, indices)
             for transform in self._transforms[name]:
                 values = transform(values)
             out.append(values)
