@@ -24,8 +24,9 @@ class Rescale:
         self.rescale, self.shift = float(rescale), float(shift)
 
     def __call__(self, x: Tensor) -> Tensor:
-        x = x if x.is_floating_point() else x.float()
-        return x * self.rescale + self.shift
+        # An integer tensor times a Python float is float32: one kernel, no separate cast.
+        y = x * self.rescale
+        return y.add_(self.shift) if self.shift else y
 
     def __repr__(self) -> str:
         return f"Rescale({self.rescale}, {self.shift})"
@@ -62,7 +63,7 @@ class Normalize:
                 f"Normalize has {mean.numel()} channel means but the batch of shape "
                 f"{tuple(x.shape)} has {channels} channels (is_hwc={self.is_hwc})"
             )
-        return (x - mean) / std
+        return (x - mean).div_(std)  # x - mean is a new tensor: dividing in place is safe
 
     def __repr__(self) -> str:
         return f"Normalize(mean={self.mean}, std={self.std}, is_hwc={self.is_hwc})"
