@@ -57,7 +57,7 @@ def main() -> None:
         if event_name == "SAVE":
             original = checkpointing.save
 
-            def dying_save(directory, name, model, state, info):  # type: ignore[no-untyped-def]
+            def dying_save(directory, name, model, state, info, *rest):  # type: ignore[no-untyped-def]
                 if info["global_step"] == kill_step:
                     original_fsync = checkpointing._fsync
 
@@ -67,7 +67,7 @@ def main() -> None:
                             os.kill(os.getpid(), signal.SIGKILL)
 
                     checkpointing._fsync = die  # type: ignore[assignment]
-                return original(directory, name, model, state, info)
+                return original(directory, name, model, state, info, *rest)
 
             checkpointing.save = dying_save  # type: ignore[assignment]
         else:

@@ -56,9 +56,11 @@ def test_d2l_softmax_regression_fashion_mnist(tmp_path: Path) -> None:
 
 def test_d2l_lenet_fashion_mnist(tmp_path: Path) -> None:
     history = run("lenet-fashion-mnist", tmp_path)
-    # zh.d2l.ai's PyTorch LeNet section prints "loss 0.469, train acc 0.823, test acc 0.779"
-    # for lr 0.9 and 10 epochs (another of its builds printed 0.814).
-    assert abs(history["validation/accuracy"][-1] - 0.779) <= 0.03
+    # d2l's PyTorch LeNet section (zh.d2l.ai sources) prints test acc 0.779 in one build
+    # ("loss 0.469, train acc 0.823") and 0.814 in another ("loss 0.472, train acc 0.821"),
+    # both at lr 0.9 for 10 epochs: the run-to-run spread is wide. Within 3 points of either.
+    accuracy = history["validation/accuracy"][-1]
+    assert 0.779 - 0.03 <= accuracy <= 0.814 + 0.03
 
 
 def test_lenet_mnist_one_epoch_with_csv(tmp_path: Path) -> None:

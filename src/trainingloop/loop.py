@@ -401,7 +401,9 @@ class TrainingLoop:
             for label, handler in self._handlers[event]:  # noqa: B007 - label names the culprit
                 handler(self)
             while self._deferred:
-                self._deferred.pop(0)()
+                action = self._deferred.pop(0)
+                label = f"{getattr(action, '__qualname__', 'an action')} (deferred)"
+                action()
         except LoopControl:
             raise
         except Exception as error:
