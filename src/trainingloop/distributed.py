@@ -59,10 +59,12 @@ class Session:
     device: torch.device | None
     created_group: bool
 
-    def close(self) -> None:
-        """Tear the process group down if :func:`setup` created it."""
+    def close(self, failed: bool = False) -> None:
+        """Tear the process group down if :func:`setup` created it (after a barrier, unless
+        this rank failed: the others may never reach it)."""
         if self.created_group and is_initialized():
-            dist.barrier()
+            if not failed:
+                dist.barrier()
             dist.destroy_process_group()
 
 

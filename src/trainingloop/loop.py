@@ -198,6 +198,40 @@ class TrainingLoop:
         if _length(self.training) == 0:
             raise ValueError(f"the training data ({type(self.training).__name__}) is empty")
         session = distributed.setup(None if device == "auto" else resolve_device(device))
+        try:
+            first_epoch = self._prepare(model, epochs, session, device, callbacks, compile,
+                                        precision, accumulate_grad_batches, clip_grad_norm, step,
+                                        resume, strategy)
+        except BaseException:
+            session.close(failed=True)
+            raise
+        failed = False
+        with self._interrupt_guard():
+            try:
+                self._fire(Event.FIT_START)
+                for self.epoch_index in range(first_epoch, epochs):
+                    self._run_epoch()
+                    if self.stop_training:
+                        break
+            except CancelFit:
+                pass
+            except BaseException:
+                failed = True
+                raise
+            finally:
+                try:
+                    self._fire(Event.FIT_END)
+                finally:
+                    session.close(failed)
+        return self.history
+
+    def _prepare(self, model: nn.Module, epochs: int, session: distributed.Session,
+                 device: str | torch.device, callbacks: Sequence[Any],
+                 compile: bool | dict[str, Any], precision: str, accumulate_grad_batches: int,
+                 clip_grad_norm: float | None,
+                 step: Callable[[TrainingLoop, nn.Module], Tensor] | None,
+                 resume: bool | str | None, strategy: str) -> int:
+        """Set up the state of a fit; returns the epoch index to start from."""
         self.device = session.device or resolve_device(device)
         self.model = distributed.wrap(model.to(self.device), self.optimizer, strategy, self.device)
         self._train_data = distributed.shard(self.training)
@@ -213,22 +247,7 @@ class TrainingLoop:
         batches = _length(self._train_data)
         self.total_steps = None if batches is None else epochs * math.ceil(
             batches / accumulate_grad_batches)
-        first_epoch = self._load_resume(resume) if resume else 0
-        with self._interrupt_guard():
-            try:
-                self._fire(Event.FIT_START)
-                for self.epoch_index in range(first_epoch, epochs):
-                    self._run_epoch()
-                    if self.stop_training:
-                        break
-            except CancelFit:
-                pass
-            finally:
-                try:
-                    self._fire(Event.FIT_END)
-                finally:
-                    session.close()
-        return self.history
+        return self._load_resume(resume) if resume else 0
 
     def evaluate(
         self, model: nn.Module, data: Iterable[Any], device: str | torch.device = "auto"
