@@ -11,22 +11,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import math
 import tempfile
 import time
-from collections import Counter
 from pathlib import Path
 
 import trainingloop as tl
-from trainingloop.examples import Options, load
-
-
-def unigram_perplexity(train: tl.data.ArrayDataset, evaluation: tl.data.ArrayDataset) -> float:
-    """Add-one-smoothed unigram model of ``train`` evaluated on ``evaluation``."""
-    counts = Counter(train.column("input").reshape(-1).tolist())
-    total = sum(counts.values()) + len(train.attributes["tokenizer"])
-    tokens = evaluation.column("target").reshape(-1).tolist()
-    return math.exp(-sum(math.log((counts[t] + 1) / total) for t in tokens) / len(tokens))
+from trainingloop.examples import Options, load, unigram_perplexity
 
 
 def main() -> None:

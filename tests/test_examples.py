@@ -6,29 +6,17 @@ not into assertions. The longest runs are marked ``slow`` (``make test-slow``).
 
 from __future__ import annotations
 
-import math
-from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 
 import trainingloop as tl
-from trainingloop.examples import Options, load
+from trainingloop.examples import Options, load, unigram_perplexity
 
 
 def run(name: str, tmp_path: Path, **options: object) -> tl.History:
     return load(name).run(Options(out=tmp_path / name, **options))  # type: ignore[arg-type]
-
-
-def unigram_perplexity(train: tl.data.ArrayDataset, evaluation: tl.data.ArrayDataset) -> float:
-    """Perplexity of add-one-smoothed unigram frequencies of ``train`` on ``evaluation``."""
-    counts = Counter(train.column("input").reshape(-1).tolist())
-    vocabulary = len(train.attributes["tokenizer"])
-    total = sum(counts.values()) + vocabulary
-    tokens = evaluation.column("target").reshape(-1).tolist()
-    nll = -sum(math.log((counts[t] + 1) / total) for t in tokens) / len(tokens)
-    return math.exp(nll)
 
 
 def test_digits_demo(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-__all__ = ["EXAMPLES", "Options", "fit", "load", "outputs"]
+__all__ = ["EXAMPLES", "Options", "fit", "load", "outputs", "unigram_perplexity"]
 
 EXAMPLES: dict[str, str] = {
     "digits": "trainingloop.examples.digits",
@@ -83,3 +83,15 @@ def fit(loop: Any, model: Any, options: Options) -> Any:
     return loop.fit(model, epochs=options.epochs, device=options.device,
                     compile=options.compile, precision=options.precision,
                     resume=True if options.resume else None)
+
+
+def unigram_perplexity(train: Any, evaluation: Any) -> float:
+    """The baseline a language model must beat: add-one-smoothed unigram frequencies of
+    ``train``'s ``input`` tokens, evaluated on ``evaluation``'s ``target`` tokens."""
+    import math
+    from collections import Counter
+
+    counts = Counter(train.column("input").reshape(-1).tolist())
+    total = sum(counts.values()) + len(train.attributes["tokenizer"])
+    tokens = evaluation.column("target").reshape(-1).tolist()
+    return math.exp(-sum(math.log((counts[t] + 1) / total) for t in tokens) / len(tokens))
