@@ -289,6 +289,11 @@ class TrainingLoop:
         return {metric.name: metric.compute() for metric in self.metrics}
 
     @property
+    def pending_micro_batches(self) -> int:
+        """Micro-batches whose gradients await an update (with gradient accumulation)."""
+        return self._step.pending if self._step is not None else 0
+
+    @property
     def learning_rate(self) -> float | None:
         """The first parameter group's learning rate (None for a plain updater)."""
         groups = getattr(self.optimizer, "param_groups", None)

@@ -65,8 +65,8 @@ class Checkpoint(Callback):
             return
         updated = loop.global_step != self._steps_at_check
         self._steps_at_check = loop.global_step
-        if updated and loop.global_step % self.every_n_steps == 0 and loop._step is not None \
-                and loop._step.pending == 0:
+        # global_step moves only in an update, which leaves no pending micro-batch behind.
+        if updated and loop.global_step % self.every_n_steps == 0:
             loop.check_finite()
             name = f"epoch={loop.epoch_index + 1:04d}-step={loop.global_step:07d}"
             loop.call_after_event(lambda: self.save(loop, name))
@@ -77,8 +77,8 @@ class Checkpoint(Callback):
             loop.call_after_event(lambda: self.save(loop, name))
 
     def on_fit_end(self, loop: TrainingLoop) -> None:
-        if loop.interrupted and loop._phase in ("train", "validation") and loop._step is not None:
-            if loop._step.pending:
+        if loop.interrupted and loop._phase in ("train", "validation"):
+            if loop.pending_micro_batches:
                 warnings.warn("interrupted between accumulated micro-batches: no checkpoint "
                               "written (its gradients would be lost)", RuntimeWarning, stacklevel=2)
                 return
