@@ -79,8 +79,14 @@ def test_fsdp2_on_gloo_trains_and_resumes(tmp_path: Path, single: Path) -> None:
     _close(tmp_path, single)
 
 
-def test_single_process_helpers() -> None:
+def test_single_process_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
     assert distributed.world_size() == 1 and distributed.rank() == 0
+    assert distributed.is_main_process()
+    # After fit has torn its group down, torchrun's RANK still names the one process that saves
+    # (both ranks once wrote history.json at the same time here and corrupted it).
+    monkeypatch.setenv("RANK", "1")
+    assert not distributed.is_main_process()
+    monkeypatch.setenv("RANK", "0")
     assert distributed.is_main_process()
     assert distributed.gather_objects("x") == ["x"]
     model = torch.nn.Linear(2, 2)

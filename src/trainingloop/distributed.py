@@ -48,8 +48,14 @@ def world_size() -> int:
 
 
 def is_main_process() -> bool:
-    """True on rank 0: the process that prints, logs and saves."""
-    return rank() == 0
+    """True on rank 0: the process that prints, logs and saves.
+
+    Without a process group (before or after a fit under torchrun) the launcher's ``RANK``
+    variable decides, so code after ``fit`` still saves from one process only.
+    """
+    if is_initialized():
+        return dist.get_rank() == 0
+    return os.environ.get("RANK", "0") == "0"
 
 
 @dataclass
