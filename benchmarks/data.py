@@ -2,7 +2,9 @@
 
 All produce the same normalised, channel-first float batches of 64 from 60000 MNIST-shaped
 uint8 examples, shuffled. Ours: ``ArrayDataset(...).map(...).shuffle(0).batch(64)``
-(transforms per batch) and the same with ``.cache()`` after the deterministic transforms.
+(transforms per batch) and the same with ``.cache()`` after the deterministic transforms; the
+floor of a shuffled batch (a bare ``index_select`` per column, no pipeline) and the unshuffled
+order (batches are views) for scale.
 Theirs: ``DataLoader(TensorDataset(...), batch_size=64, shuffle=True)`` with the transforms
 applied to each collated batch, and a map-style dataset that transforms each example (the
 torchvision habit). One full epoch each, interleaved.
@@ -65,10 +67,18 @@ def main() -> None:
                 x = transform(x)
             yield x, y
 
+    def bare_gather() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        # The floor: one index_select per column of the cached tensors, no pipeline at all.
+        images_cached, labels_cached = cached.column("image"), cached.column("label")
+        for index in torch.randperm(len(labels_cached)).split(64):
+            yield images_cached.index_select(0, index), labels_cached.index_select(0, index)
+
     runs = {
         "ArrayDataset .map().shuffle().batch(64)": lambda: mapped.shuffle(seed=0).batch(64),
         "ArrayDataset .map().cache().shuffle().batch(64)":
             lambda: cached.shuffle(seed=0).batch(64),
+        "floor: bare index_select of the cached columns": bare_gather,
+        "ArrayDataset .map().cache().batch(64), in order": lambda: cached.batch(64),
         "DataLoader(TensorDataset) + batch transforms": batch_transformed,
         "DataLoader(per-example transforms)":
             lambda: DataLoader(PerExample(images, labels), batch_size=64, shuffle=True),

@@ -215,18 +215,39 @@ class ArrayDataset:
             start = self._resume_at[1]
         self._resume_at = None
         self.position = start
-        indices = self.order()
-        contiguous = self._seed is None and self._shard[1] == 1
         if self._batch_size is None:
+            indices = self.order()
             for i in range(start, len(indices)):
                 self.position = i + 1
                 yield self._unwrap(tuple(t[0] for t in self._gather(indices[i:i + 1])))
             return
-        size = self._batch_size
-        for b in range(start, len(self)):
-            lo, hi = b * size, min((b + 1) * size, len(indices))
+        # The hot path: everything per epoch is prepared here, so that a batch costs one
+        # index_select per column (or nothing but a view without shuffle) plus its transforms.
+        count = len(self)
+        plan = [(column, tuple(self._transforms[name])) for name, column in self._columns.items()]
+        if self._seed is None and self._shard[1] == 1:
+            pieces = [column.split(self._batch_size) for column, _ in plan]
+            for b in range(start, count):
+                self.position = b + 1
+                out = []
+                for (_, transforms), piece in zip(plan, pieces):
+                    values = piece[b]
+                    for transform in transforms:
+                        values = transform(values)
+                    out.append(values)
+                yield out[0] if len(out) == 1 else tuple(out)
+            return
+        batches = self.order().split(self._batch_size)
+        for b in range(start, count):
             self.position = b + 1
-            yield self._unwrap(self._gather(slice(lo, hi) if contiguous else indices[lo:hi]))
+            index = batches[b]
+            out = []
+            for column, transforms in plan:
+                values = column.index_select(0, index)
+                for transform in transforms:
+                    values = transform(values)
+                out.append(values)
+            yield out[0] if len(out) == 1 else tuple(out)
 
     @staticmethod
     def _unwrap(values: tuple[Tensor, ...]) -> Any:
