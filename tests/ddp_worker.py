@@ -9,6 +9,7 @@ Writes ``DIR/final.pt`` (rank 0) and ``DIR/history.json``; also runnable as one 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import signal
@@ -62,8 +63,16 @@ def main() -> None:
     if distributed.is_main_process():
         torch.save(state, args.dir / "final.pt")
         (args.dir / "history.json").write_text(json.dumps(history.epochs))
+    print(f"rank {os.environ.get('RANK', '0')}: results written", flush=True)
     if own_group:
+        # Drop FSDP's state (and any collective handles it keeps) while the group is alive,
+        # and leave together: a gloo group torn down under a peer's feet, or work objects
+        # freed during interpreter shutdown, can abort the process after all work is done.
+        del loop, model, state
+        gc.collect()
+        torch.distributed.barrier()
         torch.distributed.destroy_process_group()
+    print(f"rank {os.environ.get('RANK', '0')}: exiting", flush=True)
 
 
 if __name__ == "__main__":
