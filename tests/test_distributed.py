@@ -87,6 +87,8 @@ def test_single_process_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
     # After fit has torn its group down, torchrun's RANK still names the one process that saves
     # (both ranks once wrote history.json at the same time here and corrupted it).
     monkeypatch.setenv("RANK", "1")
+    assert distributed.is_main_process()  # a stray RANK outside a launcher changes nothing
+    monkeypatch.setenv("WORLD_SIZE", "2")
     assert not distributed.is_main_process()
     monkeypatch.setenv("RANK", "0")
     assert distributed.is_main_process()

@@ -51,11 +51,13 @@ def is_main_process() -> bool:
     """True on rank 0: the process that prints, logs and saves.
 
     Without a process group (before or after a fit under torchrun) the launcher's ``RANK``
-    variable decides, so code after ``fit`` still saves from one process only.
+    decides when its ``WORLD_SIZE`` is above 1, so code after ``fit`` saves from one process.
     """
     if is_initialized():
         return dist.get_rank() == 0
-    return os.environ.get("RANK", "0") == "0"
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return os.environ.get("RANK", "0") == "0"
+    return True
 
 
 @dataclass
