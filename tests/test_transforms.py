@@ -19,6 +19,10 @@ def test_rescale() -> None:
     x = torch.tensor([0, 51, 255], dtype=torch.uint8)
     assert torch.allclose(Rescale(1 / 255, 0)(x), torch.tensor([0.0, 0.2, 1.0]))
     assert torch.allclose(Rescale(2.0, -1.0)(torch.tensor([0.5])), torch.tensor([0.0]))
+    every_byte = torch.arange(256, dtype=torch.uint8).repeat(300)  # long enough to vectorise
+    expected = every_byte * (1 / 255) - 0.5  # PyTorch's own mixed-dtype arithmetic
+    assert torch.equal(Rescale(1 / 255, -0.5)(every_byte), expected)
+    assert Rescale(0.5, 0)(torch.ones(2, dtype=torch.float64)).dtype == torch.float64
 
 
 def test_normalize_channel_last_and_first() -> None:
