@@ -44,7 +44,9 @@ class ArrayDataset:
 
     Batches are tuples in column order (a single column yields bare tensors). With
     :meth:`shuffle`, each epoch (set by the loop through :meth:`set_epoch`) has its own order,
-    drawn from ``seed`` and the epoch number alone, so it can be replayed exactly.
+    drawn from ``seed`` and the epoch number alone, so it can be replayed exactly. Without a
+    shuffle, a batch that no transform copies is a view of its column (as a tensor slice is):
+    clone it before changing it in place.
     """
 
     def __init__(self, columns: Mapping[str, Any] | Sequence[Any]) -> None:
