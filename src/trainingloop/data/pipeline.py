@@ -223,33 +223,18 @@ class ArrayDataset:
                 self.position = i + 1
                 yield self._unwrap(tuple(t[0] for t in self._gather(indices[i:i + 1])))
             return
-        # The hot path: everything per epoch is prepared here, so that a batch costs one
-        # index_select per column (or nothing but a view without shuffle) plus its transforms.
-        count = len(self)
-        plan = [(column, tuple(self._transforms[name])) for name, column in self._columns.items()]
+        # The hot path: each epoch's batches are cut once (slices, i.e. views, in order; index
+        # tensors from one split of the permutation otherwise), so a batch costs one gather per
+        # column plus its transforms.
+        size = self._batch_size
+        pieces: Sequence[Tensor | slice]
         if self._seed is None and self._shard[1] == 1:
-            pieces = [column.split(self._batch_size) for column, _ in plan]
-            for b in range(start, count):
-                self.position = b + 1
-                out = []
-                for (_, transforms), piece in zip(plan, pieces):
-                    values = piece[b]
-                    for transform in transforms:
-                        values = transform(values)
-                    out.append(values)
-                yield out[0] if len(out) == 1 else tuple(out)
-            return
-        batches = self.order().split(self._batch_size)
-        for b in range(start, count):
+            pieces = [slice(lo, lo + size) for lo in range(0, self._length, size)]
+        else:
+            pieces = self.order().split(size)
+        for b in range(start, len(self)):
             self.position = b + 1
-            index = batches[b]
-            out = []
-            for column, transforms in plan:
-                values = column.index_select(0, index)
-                for transform in transforms:
-                    values = transform(values)
-                out.append(values)
-            yield out[0] if len(out) == 1 else tuple(out)
+            yield self._unwrap(self._gather(pieces[b]))
 
     @staticmethod
     def _unwrap(values: tuple[Tensor, ...]) -> Any:

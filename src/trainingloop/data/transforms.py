@@ -25,8 +25,8 @@ class Rescale:
 
     def __call__(self, x: Tensor) -> Tensor:
         # Integers: cast, then scale in place. The same values as ``x * rescale`` (which casts
-        # to float32 inside the kernel) but ~20% faster on CPU, where the mixed-dtype kernel
-        # does not vectorise. Floating input keeps its dtype.
+        # to float32 inside the kernel) but about 18% faster on CPU (12.8 vs 15.6 µs per 64x784
+        # batch here), where the mixed-dtype kernel does not vectorise. Floats keep their dtype.
         y = x.float().mul_(self.rescale) if not x.is_floating_point() else x * self.rescale
         return y.add_(self.shift) if self.shift else y
 
