@@ -138,3 +138,17 @@ def test_torch_scheduler_is_stepped_after_each_update() -> None:
                                       if ev is tl.Event.UPDATE_START else None])
     loop.fit(model, epochs=2, device="cpu")
     assert rates == [1.0, 1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25]
+
+
+def test_the_shared_step_takes_the_earlier_segments_value() -> None:
+    # S4TF: "For the step that connects the neighbor segments, always return the value at the
+    # previous segment"; a jump's second rate only anchors the later steps.
+    schedule = tl.make_schedule([
+        tl.ScheduleSegment(tl.shapes.linear, 0.0, 1.0, step_count=5),
+        tl.ScheduleSegment(tl.shapes.linear, 0.5, 0.1),
+    ])(9)
+    assert [schedule(k) for k in range(5)] == pytest.approx([0.0, 0.25, 0.5, 0.75, 1.0])
+    assert schedule(5) == pytest.approx(0.5 + (0.1 - 0.5) * 1 / 4)
+    assert schedule(6) == pytest.approx(0.5 + (0.1 - 0.5) * 2 / 4)
+    assert schedule(8) == pytest.approx(0.1)
+    assert schedule(20) == pytest.approx(0.1)  # past the end: the last segment's end rate

@@ -1,8 +1,10 @@
 """Segment-based learning-rate schedules with Swift for TensorFlow's semantics.
 
 A schedule is a list of :class:`ScheduleSegment`. A segment of ``step_count`` n covers n steps
-and shares its first step with the previous segment's last (where two segments meet, the later
-one's start rate applies); only the last segment may omit ``step_count`` and then runs to the
+and shares its first step with the previous segment's last; where two segments meet, the earlier
+segment's value applies (S4TF: "for the step that connects the neighbor segments, always return
+the value at the previous segment"), and the later one's start rate only anchors its later
+steps. Only the last segment may omit ``step_count`` and then runs to the
 end of training; a segment's ``start_rate`` defaults to the previous segment's ``end_rate``.
 :func:`make_schedule` returns ``schedule(T)``, and ``schedule(T)(k)`` is the rate of step k of
 a fit of T optimizer steps. This module knows nothing of the loop;
@@ -99,7 +101,7 @@ def make_schedule(segments: Sequence[ScheduleSegment]) -> Callable[[int], Callab
     _check(segments)
 
     def for_total(total_steps: int) -> Callable[[int], float]:
-        # (first step, step count, start rate) of each segment, the later segment winning ties.
+        # (first step, step count, start rate) of each segment; the earlier one wins a shared step.
         spans: list[tuple[int, int, float, ScheduleSegment]] = []
         first, previous_end = 0, segments[0].start_rate
         for segment in segments:
@@ -112,12 +114,13 @@ def make_schedule(segments: Sequence[ScheduleSegment]) -> Callable[[int], Callab
             previous_end = segment.end_rate
 
         def rate(step: int) -> float:
-            for first_step, count, start, segment in reversed(spans):
-                if step >= first_step:
+            step = max(step, 0)
+            for i, (first_step, count, start, segment) in enumerate(spans):
+                if step <= first_step + count - 1 or i == len(spans) - 1:
                     offset = min(step - first_step, count - 1)
                     x = 1.0 if count == 1 else offset / (count - 1)
                     return segment.rate(start, x)
-            return spans[0][2]
+            raise AssertionError("unreachable: the last segment takes every later step")
 
         return rate
 
