@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from trainingloop.cli import main
 
 
@@ -52,3 +54,15 @@ def test_missing_data_set_names_files_and_folder(tmp_path: Path, capsys,  # type
 def test_unknown_example(capsys) -> None:  # type: ignore[no-untyped-def]
     assert main(["run", "nope"]) == 2
     assert "unknown example 'nope'" in capsys.readouterr().err
+
+
+def test_bad_values_are_argparse_errors_not_tracebacks(capsys) -> None:  # type: ignore[no-untyped-def]
+    for args, word in ((["--epochs", "-1"], "--epochs"), (["--batch-size", "0"], "--batch-size"),
+                       (["--lr", "0"], "--lr"), (["--lr", "abc"], "--lr"),
+                       (["--device", "cuda:7"], "--device")):
+        with pytest.raises(SystemExit) as exit_info:
+            main(["run", "digits", *args])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert "trainingloop run: error: argument " + word in err, err
+        assert "Traceback" not in err

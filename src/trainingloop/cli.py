@@ -5,8 +5,39 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum`` (argparse reports the error)."""
+
+    def parse(text: str) -> int:
+        value = int(text)  # a ValueError here reads "invalid parse value: 'abc'"
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {minimum}"
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def _device(text: str) -> str:
+    from trainingloop.devices import resolve_device
+
+    if text != "auto":
+        try:
+            resolve_device(text)
+        except (ValueError, RuntimeError) as error:
+            raise argparse.ArgumentTypeError(str(error)) from error
+    return text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -15,10 +46,10 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("list", help="list the examples")
     run = commands.add_parser("run", help="train one example")
     run.add_argument("example")
-    run.add_argument("--epochs", type=int)
-    run.add_argument("--batch-size", type=int)
-    run.add_argument("--lr", type=float)
-    run.add_argument("--device", default="auto")
+    run.add_argument("--epochs", type=_count(0))
+    run.add_argument("--batch-size", type=_count(1))
+    run.add_argument("--lr", type=_positive_float)
+    run.add_argument("--device", default="auto", type=_device)
     run.add_argument("--compile", action="store_true")
     run.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "16-mixed"])
     run.add_argument("--data-dir", help="data root (default: $TRAININGLOOP_DATA)")
