@@ -226,15 +226,27 @@ def test_resume_true_without_checkpoint_callback_fails() -> None:
         loop.fit(model, epochs=1, device="cpu", resume=True)
 
 
-def test_dataloader_is_replayed_to_its_position(tmp_path: Path) -> None:
-    from torch.utils.data import DataLoader, TensorDataset
+@pytest.mark.parametrize("randomness", ["global", "loader generator", "sampler generator",
+                                        "workers"])
+def test_dataloader_is_replayed_to_its_position(tmp_path: Path, randomness: str) -> None:
+    # The reproducible habit is a loader (or sampler) that owns a seeded generator: the
+    # checkpoint must hold that generator's state too, or the replayed epoch is epoch 1's order.
+    from torch.utils.data import DataLoader, RandomSampler, TensorDataset
 
     def run(directory: Path, fail_at: int | None, resume: bool) -> torch.nn.Module:
         torch.manual_seed(0)
         g = torch.Generator().manual_seed(1)
-        data = DataLoader(TensorDataset(torch.randn(40, 5, generator=g),
-                                        torch.randint(0, 3, (40,), generator=g)),
-                          batch_size=6, shuffle=True)
+        dataset = TensorDataset(torch.randn(40, 5, generator=g),
+                                torch.randint(0, 3, (40,), generator=g))
+        own = torch.Generator().manual_seed(7)
+        if randomness == "global":
+            data = DataLoader(dataset, batch_size=6, shuffle=True)
+        elif randomness == "loader generator":
+            data = DataLoader(dataset, batch_size=6, shuffle=True, generator=own)
+        elif randomness == "sampler generator":
+            data = DataLoader(dataset, batch_size=6, sampler=RandomSampler(dataset, generator=own))
+        else:
+            data = DataLoader(dataset, batch_size=6, shuffle=True, generator=own, num_workers=2)
         model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.Dropout(0.3),
                                     torch.nn.Linear(8, 3))
 

@@ -216,3 +216,59 @@ def test_last_values_are_readable_in_callbacks() -> None:
     assert isinstance(seen["loss"], torch.Tensor) and seen["loss"].requires_grad is False
     assert set(seen["stats"]) == {"loss", "accuracy"}
     assert all(isinstance(v, float) for v in seen["stats"].values())
+
+
+def test_cancel_batch_at_batch_end_ends_only_that_handler_list() -> None:
+    # SPEC §2: a Cancel* raised at an *_END event ends the remaining handlers of that event and
+    # nothing else (S4TF let CancelBatch at BATCH_END escape the fit).
+    after: list = []
+
+    def later(loop: tl.TrainingLoop, event: Event) -> None:
+        if event is E.BATCH_END:
+            after.append((loop.epoch_index, loop.batch_index, loop.is_training))
+
+    events: list = []
+
+    def cancel(loop: tl.TrainingLoop, event: Event) -> None:
+        events.append(event)
+        if event is E.BATCH_END and loop.is_training and loop.batch_index == 1:
+            raise tl.CancelBatch
+
+    loop, model = _loop([cancel, later])
+    history = loop.fit(model, epochs=2, device="cpu")
+    assert events == [E.FIT_START, *_epoch(), *_epoch(), E.FIT_END]
+    assert len(history.epochs) == 2 and loop.global_step == 6
+    assert (0, 1, True) not in after and (1, 1, True) not in after  # the rest of that list
+    assert (0, 2, True) in after and (0, 0, False) in after  # ...and nothing else
+
+
+@pytest.mark.parametrize(("event", "error"), [
+    (E.TRAINING_END, tl.CancelTraining), (E.VALIDATION_END, tl.CancelValidation),
+    (E.EPOCH_END, tl.CancelEpoch), (E.FIT_END, tl.CancelFit), (E.EPOCH_END, tl.CancelBatch)])
+def test_cancel_at_its_own_end_event_changes_nothing_else(event: Event, error: type) -> None:
+    events = _trace({(event, 0, None, event is E.TRAINING_END): error}
+                    if event is not E.FIT_END else {(event, 1, None, False): error})
+    assert events == [E.FIT_START, *_epoch(), *_epoch(), E.FIT_END]
+
+
+def test_cancel_fit_at_epoch_end_still_ends_the_fit() -> None:
+    events = _trace({(E.EPOCH_END, 0, None, False): tl.CancelFit})
+    assert events == [E.FIT_START, *_epoch(), E.FIT_END]
+
+
+def test_update_start_sees_the_output_loss_and_gradients_of_the_batch() -> None:
+    seen: list = []
+
+    def inspect(loop: tl.TrainingLoop, event: Event) -> None:
+        if event is E.UPDATE_START:
+            assert loop.last_output is not None and loop.last_loss is not None
+            by_hand = torch.nn.functional.cross_entropy(loop.last_output, loop.last_target)
+            seen.append((loop.last_output.shape, float(loop.last_loss), float(by_hand),
+                         loop.model.weight.grad is not None, loop.last_loss.requires_grad))
+
+    loop, model = _loop([inspect])
+    loop.fit(model, epochs=1, device="cpu")
+    assert len(seen) == 3
+    for shape, loss, by_hand, has_grad, requires_grad in seen:
+        assert shape == (4, 3) and loss == pytest.approx(by_hand, rel=1e-6)
+        assert has_grad and not requires_grad

@@ -22,6 +22,7 @@ import random
 import shutil
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from torch import nn
 
 __all__ = [
     "CheckpointError",
+    "data_generators",
     "find_latest",
     "load",
     "restore_rng",
@@ -62,8 +64,32 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 # -- RNG states -------------------------------------------------------------------------------
-def rng_state() -> dict[str, Any]:
-    """Python, NumPy, torch CPU and CUDA generator states, as weights-only-loadable values."""
+def data_generators(*sources: Any) -> list[torch.Generator]:
+    """The ``torch.Generator`` objects that iterating ``sources`` draws from.
+
+    A ``DataLoader(..., generator=g)`` shuffles with ``g`` (its sampler holds it too) and
+    draws its workers' base seed from it; samplers and batch samplers may own one. Looked up
+    through the attributes ``generator``, ``sampler`` and ``batch_sampler``, without repeats.
+    """
+    found: dict[int, torch.Generator] = {}
+
+    def visit(obj: Any, depth: int) -> None:
+        if obj is None or depth > 3:
+            return
+        if isinstance(obj, torch.Generator):
+            found.setdefault(id(obj), obj)
+            return
+        for name in ("generator", "sampler", "batch_sampler"):
+            visit(getattr(obj, name, None), depth + 1)
+
+    for source in sources:
+        visit(source, 0)
+    return list(found.values())
+
+
+def rng_state(generators: Sequence[torch.Generator] = ()) -> dict[str, Any]:
+    """Python, NumPy, torch CPU and CUDA generator states, and those of ``generators`` (the
+    data's own, from :func:`data_generators`), as weights-only-loadable values."""
     kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
     state: dict[str, Any] = {
         "python": random.getstate(),
@@ -73,11 +99,13 @@ def rng_state() -> dict[str, Any]:
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
+    if generators:
+        state["generators"] = [g.get_state() for g in generators]
     return state
 
 
-def restore_rng(state: dict[str, Any]) -> None:
-    """Put back what :func:`rng_state` captured."""
+def restore_rng(state: dict[str, Any], generators: Sequence[torch.Generator] = ()) -> None:
+    """Put back what :func:`rng_state` captured, ``generators`` in the same order."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]
@@ -85,6 +113,14 @@ def restore_rng(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("generators", [])
+    if len(saved) != len(generators):
+        warnings.warn(f"the checkpoint holds {len(saved)} data generator state(s) but the data "
+                      f"has {len(generators)} torch.Generator(s): their order is not restored",
+                      RuntimeWarning, stacklevel=3)
+        return
+    for generator, generator_state in zip(generators, saved):
+        generator.set_state(generator_state)
 
 
 # -- writing ----------------------------------------------------------------------------------

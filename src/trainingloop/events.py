@@ -16,9 +16,12 @@ raised during          skips                                       still fires
 ``CancelFit``          everything that is left                     ``FIT_END``
 =====================  ==========================================  ===========================
 
-A ``Cancel*`` raised by an ``*_END`` handler propagates to the enclosing level (a
-``CancelBatch`` raised at ``BATCH_END`` ends nothing but that handler list). Any other
-exception aborts the fit; ``FIT_END`` fires and the error is re-raised after it.
+A ``Cancel*`` raised by an ``*_END`` handler ends the remaining handlers of that event; one
+of that level or below (``CancelBatch`` at ``BATCH_END``, ``CancelTraining`` at
+``TRAINING_END``, anything at ``FIT_END``) ends nothing else, one of a higher level then jumps
+as above (``CancelFit`` at ``EPOCH_END`` ends the fit). S4TF let ``CancelBatch`` at
+``BATCH_END`` escape the fit; we do not. Any other exception aborts the fit; ``FIT_END`` fires
+and the error is re-raised after it.
 """
 
 from __future__ import annotations
@@ -86,3 +89,21 @@ class NonFiniteLossError(FloatingPointError):
             f"non-finite loss first appeared in epoch {epoch}, training batch {batch + 1} "
             f"(global step {step}); the fit was stopped before validation"
         )
+
+
+_END_LEVEL = {Event.BATCH_END: 0, Event.TRAINING_END: 1, Event.VALIDATION_END: 1,
+              Event.EPOCH_END: 2, Event.FIT_END: 3}
+_CANCEL_LEVEL: dict[type[LoopControl], int] = {CancelBatch: 0, CancelTraining: 1,
+                                               CancelValidation: 1, CancelEpoch: 2, CancelFit: 3}
+
+
+def ends_within(control: LoopControl, event: Event) -> bool:
+    """Whether ``control``, raised by a handler of ``event``, ends only that event's handlers.
+
+    True for an ``*_END`` event and a ``Cancel*`` of its level or below; False otherwise (the
+    cancel then jumps to its own level).
+    """
+    level = _END_LEVEL.get(event)
+    if level is None:
+        return False
+    return max((v for k, v in _CANCEL_LEVEL.items() if isinstance(control, k)), default=3) <= level

@@ -38,6 +38,7 @@ from trainingloop.events import (
     Event,
     LoopControl,
     NonFiniteLossError,
+    ends_within,
 )
 from trainingloop.history import History
 from trainingloop.metrics import Metric, batch_size, resolve_metrics
@@ -163,6 +164,7 @@ class TrainingLoop:
         self._deferred: list[Callable[[], None]] = []
         self._warming_up = False
         self._skipped = 0
+        self._generators: list[torch.Generator] = []  # the data's own, saved with the RNGs
 
     # -- public API ----------------------------------------------------------------------------
     def fit(
@@ -236,6 +238,7 @@ class TrainingLoop:
         self.model = distributed.wrap(model.to(self.device), self.optimizer, strategy, self.device)
         self._train_data = distributed.shard(self.training)
         self._val_data = None if self.validation is None else distributed.shard(self.validation)
+        self._generators = checkpointing.data_generators(self._train_data, self._val_data)
         self.epoch_count = epochs
         self._fit_callbacks = [*self.callbacks, *callbacks]
         self._handlers = resolve_handlers(self._fit_callbacks)
@@ -333,9 +336,10 @@ class TrainingLoop:
             "history": self.history.state_dict(),
             "metrics": [[m.sums, m.count] if m.sums is not None else None
                         for m in self.metrics] if mid_training else None,
-            "rng": checkpointing.rng_state(),
+            "rng": checkpointing.rng_state(self._generators),
             "epoch_rng": self._epoch_rng,
-            "rng_by_rank": distributed.gather_objects([checkpointing.rng_state(), self._epoch_rng])
+            "rng_by_rank": distributed.gather_objects([checkpointing.rng_state(self._generators),
+                                                       self._epoch_rng])
             if distributed.world_size() > 1 else None,
             "data": data_state() if callable(data_state) and mid_training else None,
             "optimizer": optimizer,
@@ -383,12 +387,12 @@ class TrainingLoop:
                 warnings.warn(f"checkpoint {path} holds no state for callback {key}",
                               RuntimeWarning, stacklevel=3)
         if state["phase"] == "epoch_end":
-            checkpointing.restore_rng(state["rng"])
+            checkpointing.restore_rng(state["rng"], self._generators)
             return int(state["epoch_index"]) + 1
         if state["data"] is not None:
             self._train_data.load_state_dict(state["data"])
         if state["phase"] == "validation":
-            checkpointing.restore_rng(state["rng"])
+            checkpointing.restore_rng(state["rng"], self._generators)
         self._resume = state
         return int(state["epoch_index"])
 
@@ -422,12 +426,17 @@ class TrainingLoop:
     def _fire(self, event: Event) -> None:
         label = ""
         try:
-            for label, handler in self._handlers[event]:  # noqa: B007 - label names the culprit
-                handler(self)
-            while self._deferred:
-                action = self._deferred.pop(0)
-                label = f"{getattr(action, '__qualname__', 'an action')} (deferred)"
-                action()
+            try:
+                for label, handler in self._handlers[event]:  # noqa: B007 - names the culprit
+                    handler(self)
+            except LoopControl as control:
+                if not ends_within(control, event):
+                    raise
+            finally:  # what the event's handlers asked for runs even when one cancelled
+                while self._deferred:
+                    action = self._deferred.pop(0)
+                    label = f"{getattr(action, '__qualname__', 'an action')} (deferred)"
+                    action()
         except LoopControl:
             raise
         except Exception as error:
@@ -459,18 +468,18 @@ class TrainingLoop:
         resume = self._resume if training else None
         if resume is None:
             if training:
-                self._epoch_rng = checkpointing.rng_state()
+                self._epoch_rng = checkpointing.rng_state(self._generators)
             return enumerate(data)
         self._epoch_rng = resume["epoch_rng"]
         if self._epoch_rng is not None:
-            checkpointing.restore_rng(self._epoch_rng)
+            checkpointing.restore_rng(self._epoch_rng, self._generators)
         position = int(resume["position"])
         self._skipped = position
         iterator = iter(data)
         if resume["data"] is None:  # no saved position: replay the epoch's order up to it
             for _ in range(position):
                 next(iterator)
-        checkpointing.restore_rng(resume["rng"])
+        checkpointing.restore_rng(resume["rng"], self._generators)
         for metric, saved in zip(self.metrics, resume["metrics"] or []):
             if saved is not None:
                 metric.sums = saved[0].to(self.device)

@@ -203,9 +203,13 @@ class Step:
         with no_sync() if (no_sync is not None and not updating) else contextlib.nullcontext():
             scaled.backward()
         self.pending += 1
+        loss = loss.detach()
         if updating:
+            # UPDATE_START sees this batch's prediction and loss with the gradients (as S4TF's
+            # updateStart does).
+            loop.last_output, loop.last_loss = output, loss
             self.update()
-        return loss.detach(), output
+        return loss, output
 
     def infer(self) -> tuple[Tensor, Any]:
         """Prediction, ``INFERENCE_PREDICTION_END``, then the loss. Returns loss, output."""
