@@ -224,3 +224,46 @@ def test_import_loads_no_optional_dependency() -> None:
             " 'sklearn', 'safetensors', 'torchmetrics') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_evaluate_inside_a_fit_changes_nothing_of_the_fit() -> None:
+    # A callback that evaluates on other data mid-fit must not overwrite the fit's metrics,
+    # History, model or counters.
+    def run(evaluate: bool) -> tuple[tl.History, list]:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(5, 3)
+        seen: list = []
+
+        def probe(loop: tl.TrainingLoop, event: tl.Event) -> None:
+            if evaluate and event is tl.Event.BATCH_END and loop.batch_index == 1:
+                seen.append(loop.evaluate(loop.model, classification_batches(2, seed=5),
+                                          device="cpu"))
+            if event is tl.Event.BATCH_END:
+                seen.append((loop.is_training, loop.batch_index, loop.batch_count,
+                             loop.model is model))
+
+        loop = tl.TrainingLoop(classification_batches(4), classification_batches(2, seed=1),
+                               optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                               loss=torch.nn.functional.cross_entropy, metrics=["accuracy"],
+                               callbacks=[probe], include_default_callbacks=False)
+        return loop.fit(model, epochs=2, device="cpu"), seen
+
+    plain, plain_seen = run(False)
+    probed, probed_seen = run(True)
+    def no_rate(h: tl.History) -> list:
+        return [{k: v for k, v in r.items() if k != "examples_per_second"} for r in h.epochs]
+
+    assert no_rate(probed) == no_rate(plain)
+    assert [s for s in probed_seen if isinstance(s, tuple)] == plain_seen
+    assert all(set(s) == {"loss", "accuracy"} for s in probed_seen if isinstance(s, dict))
+
+
+def test_predict_runs_under_the_fits_precision() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(5, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    loop = tl.TrainingLoop(classification_batches(2), optimizer=torch.optim.SGD(
+        model.parameters(), lr=0.1), loss=torch.nn.functional.cross_entropy,
+        include_default_callbacks=False)
+    assert loop.predict(model, classification_batches(1), device="cpu")[0].dtype == torch.float32
+    loop.fit(model, epochs=1, device="cpu", precision="bf16-mixed")
+    outputs = loop.predict(model, classification_batches(2), device="cpu")
+    assert [o.dtype for o in outputs] == [torch.bfloat16] * 2

@@ -1,10 +1,12 @@
-"""The training loop: iteration, events, metrics and the state callbacks read.
+"""The training loop: the nest fit → epoch → phase → batch → step, its events and its state.
 
-:class:`TrainingLoop` owns the nested loop fit → epoch → phase → batch and fires the events of
-:mod:`trainingloop.events` around each level. It delegates the step (forward, loss, backward,
-update) to :class:`trainingloop.step.Step` and the running values to
-:mod:`trainingloop.metrics`; everything else (progress, logging, schedules, checkpoints) is a
-callback. State callbacks read is plain attributes of the loop, 0-based.
+:class:`TrainingLoop` owns iteration, the firing of the events of :mod:`trainingloop.events`
+(one helper, :meth:`TrainingLoop._with_events`, writes "fire START, run the body, catch its
+``Cancel*``, fire END" for every level), the running metrics (:mod:`trainingloop.metrics`) and
+every counter callbacks read, as plain 0-based attributes. The step (forward, loss, backward,
+update) is :class:`trainingloop.step.Step`, a function of the batch it is given; the position
+and exact resume are :mod:`trainingloop.resume`; everything else (progress, logging,
+schedules, checkpoints) is a callback.
 
 The per-batch path reads nothing on the host: the loss is kept as a detached device tensor,
 metrics accumulate on the device, and values cross to the host only at phase ends or when a
@@ -14,20 +16,23 @@ callback asks (``last_stats``).
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
 import math
 import signal
 import threading
 import time
-import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from trainingloop import _compat, checkpointing, distributed
+from trainingloop import _compat, checkpointing, distributed, resume
 from trainingloop.callbacks.base import Handler, resolve_handlers
+from trainingloop.callbacks.checkpoint import Checkpoint
 from trainingloop.devices import move_to_device, resolve_device, synchronize
 from trainingloop.events import (
     CancelBatch,
@@ -41,13 +46,14 @@ from trainingloop.events import (
     ends_within,
 )
 from trainingloop.history import History
-from trainingloop.metrics import Metric, batch_size, resolve_metrics
-from trainingloop.step import BatchError, Step
+from trainingloop.metrics import Metric, Tape, batch_size, resolve_metrics
+from trainingloop.resume import Phase, Position
+from trainingloop.step import BatchError, LossFunction, Step, StepOptions
 
 __all__ = ["TrainingLoop"]
 
 Updater = Callable[["TrainingLoop"], None]
-LossFunction = Callable[[Any, Any], Tensor]
+CustomStep = Callable[["TrainingLoop", nn.Module], Tensor]
 
 
 def _length(data: Any) -> int | None:
@@ -57,29 +63,33 @@ def _length(data: Any) -> int | None:
         return None
 
 
-class _LossTape:
-    """Per-batch training losses kept on the device, to find where a NaN first appeared."""
+@dataclass(frozen=True)
+class _PhaseEvents:
+    """The events, cancel signal and History prefix of one phase."""
 
-    _CHUNK = 1024
+    phase: Phase
+    start: Event
+    end: Event
+    cancel: type[LoopControl]
+    prefix: str
 
-    def __init__(self) -> None:
-        self.chunks: list[Tensor] = []
-        self.pending: list[Tensor] = []
-        self.where: list[tuple[int, int]] = []  # (batch index, global step) of each loss
 
-    def add(self, loss: Tensor, batch: int, step: int) -> None:
-        self.pending.append(loss)
-        self.where.append((batch, step))
-        if len(self.pending) >= self._CHUNK:  # bound the number of live tensors
-            self.chunks.append(torch.stack(self.pending))
-            self.pending = []
+_TRAINING = _PhaseEvents(Phase.TRAINING, Event.TRAINING_START, Event.TRAINING_END,
+                         CancelTraining, "train/")
+_VALIDATION = _PhaseEvents(Phase.VALIDATION, Event.VALIDATION_START, Event.VALIDATION_END,
+                           CancelValidation, "validation/")
 
-    def first_non_finite(self) -> tuple[int, int] | None:
-        parts = self.chunks + ([torch.stack(self.pending)] if self.pending else [])
-        if not parts:
-            return None
-        bad = torch.nonzero(~torch.isfinite(torch.cat(parts).float()))
-        return self.where[int(bad[0, 0])] if len(bad) else None
+
+@dataclass
+class _PhaseRun:
+    """What one phase counts while it runs (host numbers, plus the losses on the device)."""
+
+    data: Iterable[Any]
+    record: bool
+    examples: int = 0
+    batches: int = 0
+    started: float = 0.0
+    losses: Tape | None = None  # training: (batch index, global step) of each loss
 
 
 class TrainingLoop:
@@ -149,22 +159,23 @@ class TrainingLoop:
         self.stop_training = False
         self.examples_per_second = math.nan
         self.total_steps: int | None = None  # optimizer updates in the whole fit, if known
-        self._handlers: dict[Event, list[tuple[str, Handler]]] = resolve_handlers([])
         self.interrupted = False  # set by Ctrl-C; the fit stops after the current batch
+        self.position = Position()  # the phase and its finished batches, for checkpoints
+        self.fit_callbacks: list[Any] = []  # this fit's callbacks: the loop's and fit()'s
+
+        self._handlers: dict[Event, list[tuple[str, Handler]]] = resolve_handlers([])
+        self._deferred: list[Callable[[], None]] = []
         self._phase_stats: dict[str, float] | None = None
         self._step: Step | None = None
-        self._fit_callbacks: list[Any] = []
-        self._phase = "idle"  # "train", "validation" or "epoch_end": where a checkpoint stands
-        self._completed = 0  # batches finished in the current phase
-        self._epoch_rng: dict[str, Any] | None = None  # RNG states at this epoch's data start
-        self._resume: dict[str, Any] | None = None
-        self._tape: _LossTape | None = None
+        self._options = StepOptions()
+        self._custom: CustomStep | None = None
         self._train_data: Any = training
         self._val_data: Any = validation
-        self._deferred: list[Callable[[], None]] = []
-        self._warming_up = False
-        self._skipped = 0
         self._generators: list[torch.Generator] = []  # the data's own, saved with the RNGs
+        self._epoch_rng: dict[str, Any] | None = None  # RNG states at this epoch's data start
+        self._plan: resume.Plan | None = None  # set by a resume until its phase has run
+        self._losses: Tape | None = None  # this training phase's losses, to find a NaN
+        self._warming_up = False
 
     # -- public API ----------------------------------------------------------------------------
     def fit(
@@ -178,8 +189,8 @@ class TrainingLoop:
         precision: str = "32",
         accumulate_grad_batches: int = 1,
         clip_grad_norm: float | None = None,
-        step: Callable[[TrainingLoop, nn.Module], Tensor] | None = None,
-        resume: bool | str | None = None,
+        step: CustomStep | None = None,
+        resume: bool | str | Path | None = None,
         strategy: str = "ddp",
     ) -> History:
         """Train ``model`` for ``epochs`` epochs and return the History.
@@ -199,87 +210,69 @@ class TrainingLoop:
             raise ValueError("TrainingLoop needs loss=... unless fit() is given a custom step")
         if _length(self.training) == 0:
             raise ValueError(f"the training data ({type(self.training).__name__}) is empty")
+        options = StepOptions(precision, accumulate_grad_batches, clip_grad_norm, compile)
         session = distributed.setup(None if device == "auto" else resolve_device(device))
         try:
-            first_epoch = self._prepare(model, epochs, session, device, callbacks, compile,
-                                        precision, accumulate_grad_batches, clip_grad_norm, step,
-                                        resume, strategy)
+            first_epoch = self._begin(model, epochs, session, device, [*self.callbacks, *callbacks],
+                                      options, step, strategy, resume)
         except BaseException:
             session.close(failed=True)
             raise
         failed = False
-        with self._interrupt_guard():
-            try:
-                self._fire(Event.FIT_START)
-                for self.epoch_index in range(first_epoch, epochs):
-                    self._run_epoch()
-                    if self.stop_training:
-                        break
-            except CancelFit:
-                pass
-            except BaseException:
-                failed = True
-                raise
-            finally:
-                try:
-                    self._fire(Event.FIT_END)
-                finally:
-                    session.close(failed)
+        try:
+            with self._interrupt_guard():
+                self._with_events(Event.FIT_START, Event.FIT_END, CancelFit, self._run_epochs,
+                                  first_epoch, always_end=True)
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            assert self._step is not None
+            self._step.close()
+            session.close(failed)
         return self.history
-
-    def _prepare(self, model: nn.Module, epochs: int, session: distributed.Session,
-                 device: str | torch.device, callbacks: Sequence[Any],
-                 compile: bool | dict[str, Any], precision: str, accumulate_grad_batches: int,
-                 clip_grad_norm: float | None,
-                 step: Callable[[TrainingLoop, nn.Module], Tensor] | None,
-                 resume: bool | str | None, strategy: str) -> int:
-        """Set up the state of a fit; returns the epoch index to start from."""
-        self.device = session.device or resolve_device(device)
-        self.model = distributed.wrap(model.to(self.device), self.optimizer, strategy, self.device)
-        self._train_data = distributed.shard(self.training)
-        self._val_data = None if self.validation is None else distributed.shard(self.validation)
-        self._generators = checkpointing.data_generators(self._train_data, self._val_data)
-        self.epoch_count = epochs
-        self._fit_callbacks = [*self.callbacks, *callbacks]
-        self._handlers = resolve_handlers(self._fit_callbacks)
-        self._step = Step(self, precision=precision, accumulate_grad_batches=accumulate_grad_batches,
-                          clip_grad_norm=clip_grad_norm, compile=compile, custom=step)
-        self.history, self.global_step, self.stop_training = History(), 0, False
-        self.interrupted, self._phase, self._completed, self._resume = False, "idle", 0, None
-        self._warming_up = self._step.compiled
-        batches = _length(self._train_data)
-        self.total_steps = None if batches is None else epochs * math.ceil(
-            batches / accumulate_grad_batches)
-        return self._load_resume(resume) if resume else 0
 
     def evaluate(
         self, model: nn.Module, data: Iterable[Any], device: str | torch.device = "auto"
     ) -> dict[str, float]:
-        """One pass over ``data`` without callbacks; the metrics by plain name."""
-        if self.loss is None:
+        """One pass over ``data`` without callbacks; the metrics by plain name.
+
+        Runs with copies of the metrics and leaves the loop's state as it was, so a callback
+        may call it in the middle of a fit.
+        """
+        if self.loss is None and self._custom is None:
             raise ValueError("evaluate() needs the loop's loss=...")
-        self.device = resolve_device(device)
-        self.model = model.to(self.device)
-        self._handlers = resolve_handlers([])
-        self._step = Step(self)
-        return self._run_phase(data, training=False, record=False)
+        with self._borrowed_state():
+            self.device = resolve_device(device)
+            self.model = model.to(self.device)
+            self.metrics = [copy.deepcopy(m) for m in self.metrics]
+            self._handlers, self._deferred = resolve_handlers([]), []
+            self._step = self._make_step(self.model, self._options, self._custom, inference=True)
+            self._run_phase(_VALIDATION, data, record=False)
+            assert self._phase_stats is not None
+            return dict(self._phase_stats)
 
     @torch.no_grad()
     def predict(
         self, model: nn.Module, data: Iterable[Any], device: str | torch.device = "auto"
     ) -> list[Any]:
-        """The model's outputs, one per batch, on the CPU; targets in the batches are ignored."""
+        """The model's outputs, one per batch, on the CPU; targets in the batches are ignored.
+
+        Runs as validation does: eval mode, no gradients, the last fit's precision and
+        compiled forward.
+        """
         target_device = resolve_device(device)
         model = model.to(target_device)
+        step = self._make_step(model, self._options, None, device=target_device, inference=True)
         was_training = model.training
         model.eval()
         outputs = []
         try:
-            for batch in data:
+            for index, batch in enumerate(data):
                 if isinstance(batch, (tuple, list)) and len(batch) == 2:
                     batch = batch[0]
-                outputs.append(move_to_device(model(move_to_device(batch, target_device)),
-                                              torch.device("cpu")))
+                output = step.predict(move_to_device(batch, target_device), f"batch {index}")
+                outputs.append(move_to_device(output, torch.device("cpu")))
         finally:
             model.train(was_training)
         return outputs
@@ -304,117 +297,22 @@ class TrainingLoop:
 
     def check_finite(self) -> None:
         """Raise NonFiniteLossError if the running training loss is NaN or infinite (a sync)."""
-        if self.is_training and self._phase == "train" and self._phase_stats is None:
-            self._check_finite({"loss": self.metrics[0].compute()}, self._tape)
+        if self.position.phase is Phase.TRAINING and self._phase_stats is None:
+            self._check_finite({"loss": self.metrics[0].compute()}, self._losses)
 
-    # -- checkpoints ---------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything an exact resume needs, except the model's weights (tensors and plain data).
 
         Valid at ``BATCH_END`` of a training batch that ended with an update, at ``EPOCH_END``,
-        and after an interrupt.
+        and after an interrupt. A collective under torchrun: every rank calls it.
         """
-        assert self._step is not None
-        mid_training = self._phase == "train"
-        states = {}
-        for key, callback in self._keyed_callbacks():
-            state_dict = getattr(callback, "state_dict", None)
-            if callable(state_dict):
-                states[key] = state_dict()
-        optimizer = None
-        if isinstance(self.optimizer, torch.optim.Optimizer):
-            assert self.model is not None
-            model = checkpointing.unwrap(self.model)
-            optimizer = (distributed.full_optimizer_state(model, self.optimizer)
-                         if distributed.is_sharded(model) else self.optimizer.state_dict())
-        data_state = getattr(self._train_data, "state_dict", None)
-        return {
-            "epoch_index": self.epoch_index,
-            "phase": self._phase,
-            "position": self._completed,
-            "global_step": self.global_step,
-            "history": self.history.state_dict(),
-            "metrics": [[m.sums, m.count] if m.sums is not None else None
-                        for m in self.metrics] if mid_training else None,
-            "rng": checkpointing.rng_state(self._generators),
-            "epoch_rng": self._epoch_rng,
-            "rng_by_rank": distributed.gather_objects([checkpointing.rng_state(self._generators),
-                                                       self._epoch_rng])
-            if distributed.world_size() > 1 else None,
-            "data": data_state() if callable(data_state) and mid_training else None,
-            "optimizer": optimizer,
-            "scaler": self._step.scaler.state_dict() if self._step.scaler is not None else None,
-            "callbacks": states,
-        }
+        assert self._step is not None and self.model is not None
+        return resume.capture(
+            position=self.position, epoch_index=self.epoch_index, global_step=self.global_step,
+            history=self.history, metrics=self.metrics, model=self.model,
+            optimizer=self.optimizer, scaler=self._step.scaler, callbacks=self.fit_callbacks,
+            data=self._train_data, generators=self._generators, epoch_rng=self._epoch_rng)
 
-    def _keyed_callbacks(self) -> list[tuple[str, Any]]:
-        return [(f"{i}:{type(c).__name__}", c) for i, c in enumerate(self._fit_callbacks)]
-
-    def _checkpoint_path(self, resume: bool | str | Path) -> Path:
-        if resume is True:
-            folders = [c.dir for c in self._fit_callbacks if hasattr(c, "dir") and
-                       type(c).__name__ == "Checkpoint"]
-            if not folders:
-                raise ValueError("resume=True needs a tl.Checkpoint callback (its folder is "
-                                 "searched); or pass the path of a checkpoint")
-            return checkpointing.find_latest(Path(folders[0]))
-        path = Path(resume)  # type: ignore[arg-type]
-        if not path.exists():
-            raise FileNotFoundError(f"no checkpoint at {path}")
-        return path.resolve()
-
-    def _load_resume(self, resume: bool | str | Path) -> int:
-        """Restore a checkpoint before FIT_START; returns the epoch index to continue with."""
-        assert self.model is not None and self._step is not None
-        path = self._checkpoint_path(resume)
-        state = checkpointing.load(path, self.model)
-        if state.get("rng_by_rank"):
-            state["rng"], state["epoch_rng"] = state["rng_by_rank"][distributed.rank()]
-        if state["optimizer"] is not None:
-            model = checkpointing.unwrap(self.model)
-            if distributed.is_sharded(model):
-                distributed.load_full_optimizer_state(model, self.optimizer, state["optimizer"])
-            else:
-                self.optimizer.load_state_dict(state["optimizer"])  # type: ignore[union-attr]
-        if state["scaler"] is not None and self._step.scaler is not None:
-            self._step.scaler.load_state_dict(state["scaler"])
-        self.history.load_state_dict(state["history"])
-        self.global_step = int(state["global_step"])
-        for key, callback in self._keyed_callbacks():
-            if key in state["callbacks"]:
-                callback.load_state_dict(state["callbacks"][key])
-            elif callable(getattr(callback, "load_state_dict", None)):
-                warnings.warn(f"checkpoint {path} holds no state for callback {key}",
-                              RuntimeWarning, stacklevel=3)
-        if state["phase"] == "epoch_end":
-            checkpointing.restore_rng(state["rng"], self._generators)
-            return int(state["epoch_index"]) + 1
-        if state["data"] is not None:
-            self._train_data.load_state_dict(state["data"])
-        if state["phase"] == "validation":
-            checkpointing.restore_rng(state["rng"], self._generators)
-        self._resume = state
-        return int(state["epoch_index"])
-
-    @contextlib.contextmanager
-    def _interrupt_guard(self) -> Iterator[None]:
-        """Turn the first Ctrl-C into a stop after the current batch (a second one is immediate)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def handler(signum: int, frame: Any) -> None:
-            if self.interrupted:
-                raise KeyboardInterrupt
-            self.interrupted = True
-
-        previous = signal.signal(signal.SIGINT, handler)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
-
-    # -- the loop ------------------------------------------------------------------------------
     def call_after_event(self, action: Callable[[], None]) -> None:
         """Run ``action`` once every handler of the event being fired has run.
 
@@ -422,6 +320,100 @@ class TrainingLoop:
         wherever it stands in the callback list.
         """
         self._deferred.append(action)
+
+    # -- the nest: fit → epoch → phase → batch → step ------------------------------------------
+    def _run_epochs(self, first_epoch: int) -> None:
+        epochs = range(first_epoch, self.epoch_count)
+        for self.epoch_index in epochs:
+            self._start_epoch()
+            self._with_events(Event.EPOCH_START, Event.EPOCH_END, CancelEpoch, self._run_epoch,
+                              before_end=self._end_epoch)
+            if self.stop_training:
+                break
+
+    def _run_epoch(self) -> None:
+        if self._plan is None or self._plan.phase is not Phase.VALIDATION:
+            self._run_phase(_TRAINING, self._train_data)
+        self._plan = None
+        if self._val_data is not None:
+            self._run_phase(_VALIDATION, self._val_data)
+
+    def _run_phase(self, events: _PhaseEvents, data: Iterable[Any], record: bool = True) -> None:
+        run = self._start_phase(events, data, record)
+        self._with_events(events.start, events.end, events.cancel, self._run_batches, run,
+                          before_end=lambda cancelled: self._end_phase(events, run, cancelled))
+
+    def _run_batches(self, run: _PhaseRun) -> None:
+        training = self.is_training
+        with torch.set_grad_enabled(training):
+            batches = self._batches(run.data, training)
+            for self.batch_index, batch in batches:
+                self._take(batch)
+                self._with_events(Event.BATCH_START, Event.BATCH_END, CancelBatch,
+                                  self._run_step, run, before_end=self._end_batch)
+                run.batches += 1
+                if training and self._warming_up:  # exclude compilation from the rate
+                    self._warming_up = False
+                    synchronize(self.device)
+                    run.examples, run.started = 0, time.perf_counter()
+                if self.interrupted:
+                    raise KeyboardInterrupt(f"interrupted after {self.position.phase.label} batch "
+                                            f"{self.batch_index} of epoch {self.epoch_index + 1}")
+            if training and self._step is not None and self._step.pending:
+                with contextlib.suppress(CancelBatch):  # micro-batches left at the phase's end
+                    self._update()
+
+    def _run_step(self, run: _PhaseRun) -> None:
+        assert self._step is not None
+        if self.is_training:
+            step = self.global_step
+            last = self.batch_count is not None and self.batch_index + 1 >= self.batch_count
+            loss, output, update_due = self._step.forward_backward(
+                self.last_input, self.last_target, last=last,
+                where=f"training batch {self.batch_index}")
+            self.last_loss = loss
+            if output is not None:  # a custom step sets last_output itself, if at all
+                self.last_output = output
+            if update_due:
+                self._update()
+            assert run.losses is not None
+            run.losses.add(loss, (self.batch_index, step))
+        else:
+            self.last_loss, output = self._step.infer(
+                self.last_input, self.last_target, where=f"validation batch {self.batch_index}",
+                on_prediction=self._on_prediction)
+        for metric in self.metrics:
+            metric.update(self.last_loss, self.last_output, self.last_target)
+        run.examples += batch_size(self.last_target) or batch_size(self.last_input)
+
+    def _update(self) -> None:
+        assert self._step is not None
+        self._step.update()  # fires UPDATE_START; a CancelBatch there means no update
+        self.global_step += 1
+
+    # -- around the nest -----------------------------------------------------------------------
+    def _with_events(self, start: Event, end: Event, cancel: type[LoopControl],
+                     body: Callable[..., None], *args: Any,
+                     before_end: Callable[[bool], None] | None = None,
+                     always_end: bool = False) -> None:
+        """Fire ``start``, run ``body(*args)``, catch its ``cancel``, fire ``end``.
+
+        ``before_end(cancelled)`` runs just before ``end``. Any other error skips ``end``
+        (unless ``always_end``: ``FIT_END`` fires before the error is re-raised).
+        """
+        cancelled = False
+        try:
+            self._fire(start)
+            body(*args)
+        except cancel:
+            cancelled = True
+        except BaseException:
+            if always_end:
+                self._fire(end)
+            raise
+        if before_end is not None:
+            before_end(cancelled)
+        self._fire(end)
 
     def _fire(self, event: Event) -> None:
         label = ""
@@ -443,139 +435,158 @@ class TrainingLoop:
             _compat.add_note(error, f"raised by callback {label} at {event.name}")
             raise
 
-    def _run_epoch(self) -> None:
-        resumed = self.history.epochs and self.history.epochs[-1]["epoch"] == self.epoch_index + 1
-        if not resumed:
+    def _on_prediction(self, output: Any) -> None:
+        if output is not None:
+            self.last_output = output
+        self._fire(Event.INFERENCE_PREDICTION_END)
+
+    def _start_phase(self, events: _PhaseEvents, data: Iterable[Any], record: bool) -> _PhaseRun:
+        assert self.model is not None
+        training = events.phase is Phase.TRAINING
+        self.is_training = training
+        self.model.train(training)
+        self.batch_count = _length(data)
+        self._phase_stats = None
+        self.position = Position(events.phase, 0)
+        for metric in self.metrics:
+            metric.reset()
+        if training and self._plan is None:
+            self._epoch_rng = checkpointing.rng_state(self._generators)
+        self._losses = Tape() if training else None
+        return _PhaseRun(data, record, started=time.perf_counter(), losses=self._losses)
+
+    def _batches(self, data: Iterable[Any], training: bool) -> Iterator[tuple[int, Any]]:
+        """``(batch index, batch)`` pairs; a resumed training phase starts where it stopped."""
+        if not (training and self._plan is not None):
+            return enumerate(data)
+        assert self.device is not None
+        self._epoch_rng = self._plan.epoch_rng
+        return resume.batches(self._plan, data, self._generators, self.metrics, self.device)
+
+    def _take(self, batch: Any) -> None:
+        """Check the batch is an ``(input, target)`` pair and move it to the device."""
+        assert self.device is not None
+        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
+            raise BatchError(f"{self.position.phase.label} batch {self.batch_index} is a "
+                             f"{type(batch).__name__}, not an (input, target) pair")
+        self.last_input = move_to_device(batch[0], self.device, non_blocking=True)
+        self.last_target = move_to_device(batch[1], self.device, non_blocking=True)
+        self.last_output = self.last_loss = None
+
+    def _end_batch(self, cancelled: bool) -> None:
+        self.position.completed = self.batch_index + 1
+
+    def _end_phase(self, events: _PhaseEvents, run: _PhaseRun, cancelled: bool) -> None:
+        """The phase's one sync: reduce and read its metrics, check the loss, record them."""
+        distributed.reduce_metrics(self.metrics)  # global values on every rank
+        stats = {metric.name: metric.compute() for metric in self.metrics}
+        if events.phase is Phase.TRAINING:
+            resumed = self._plan is not None and self._plan.completed > 0
+            if run.batches == 0 and not cancelled and self.epoch_index == 0 and not resumed:
+                raise ValueError(f"the training data ({type(run.data).__name__}) yielded no "
+                                 "batch")
+            self.examples_per_second = run.examples / max(time.perf_counter() - run.started, 1e-9)
+            self._check_finite(stats, run.losses)
+        self._phase_stats = stats
+        if run.record:
+            epoch = self.history.epochs[-1]
+            epoch.update({events.prefix + name: value for name, value in stats.items()})
+            if events.phase is Phase.TRAINING:
+                epoch["examples_per_second"] = self.examples_per_second
+
+    def _end_epoch(self, cancelled: bool) -> None:
+        self.position = Position(Phase.EPOCH_END, 0)
+
+    def _start_epoch(self) -> None:
+        """A History record for the epoch (kept from the checkpoint on resume), ``set_epoch``."""
+        if not (self.history.epochs and self.history.epochs[-1]["epoch"] == self.epoch_index + 1):
             self.history.epochs.append({"epoch": self.epoch_index + 1})
         for data in (self._train_data, self._val_data):
             set_epoch = getattr(data, "set_epoch", None)
             if callable(set_epoch):
                 set_epoch(self.epoch_index)
-        try:
-            self._fire(Event.EPOCH_START)
-            if not (self._resume is not None and self._resume["phase"] == "validation"):
-                self._run_phase(self._train_data, training=True)
-            self._resume = None
-            if self._val_data is not None:
-                self._run_phase(self._val_data, training=False)
-        except CancelEpoch:
-            pass
-        self._phase = "epoch_end"
-        self._fire(Event.EPOCH_END)
 
-    def _batches(self, data: Iterable[Any], training: bool) -> Iterator[tuple[int, Any]]:
-        """``(batch index, batch)`` pairs; a resumed training phase starts where it stopped."""
-        resume = self._resume if training else None
-        if resume is None:
-            if training:
-                self._epoch_rng = checkpointing.rng_state(self._generators)
-            return enumerate(data)
-        self._epoch_rng = resume["epoch_rng"]
-        if self._epoch_rng is not None:
-            checkpointing.restore_rng(self._epoch_rng, self._generators)
-        position = int(resume["position"])
-        self._skipped = position
-        iterator = iter(data)
-        if resume["data"] is None:  # no saved position: replay the epoch's order up to it
-            for _ in range(position):
-                next(iterator)
-        checkpointing.restore_rng(resume["rng"], self._generators)
-        for metric, saved in zip(self.metrics, resume["metrics"] or []):
-            if saved is not None:
-                metric.sums = saved[0].to(self.device)
-                metric.count = saved[1]
-        return enumerate(iterator, start=position)
-
-    def _run_phase(
-        self, data: Iterable[Any], training: bool, record: bool = True
-    ) -> dict[str, float]:
-        """Run one phase over ``data``: START, the batches, END. Returns its final metrics."""
-        start, end, cancel, prefix = (
-            (Event.TRAINING_START, Event.TRAINING_END, CancelTraining, "train/")
-            if training
-            else (Event.VALIDATION_START, Event.VALIDATION_END, CancelValidation, "validation/")
-        )
-        assert self.model is not None and self._step is not None
-        self.is_training = training
-        self.model.train(training)
-        self.batch_count = _length(data)
-        self._phase_stats = None
-        self._phase, self._completed = ("train" if training else "validation"), 0
-        self._skipped = 0  # batches a resume skipped in this phase
-        for metric in self.metrics:
-            metric.reset()
-        tape = self._tape = _LossTape() if training else None
-        examples = batches = 0
-        started = time.perf_counter()
-        try:
-            self._fire(start)
-            with torch.set_grad_enabled(training):
-                for index, batch in self._batches(data, training):
-                    self.batch_index = index
-                    batches += 1
-                    examples += self._run_batch(batch, training, tape)
-                    if training and self._warming_up:  # exclude compilation from the rate
-                        self._warming_up = False
-                        synchronize(self.device)
-                        examples, started = 0, time.perf_counter()
-            if training:
-                self._step.flush()
-        except cancel:
-            batches = max(batches, 1)  # cancelled on purpose: not an empty data set
-        distributed.reduce_metrics(self.metrics)  # global values on every rank
-        stats = {metric.name: metric.compute() for metric in self.metrics}  # the phase's sync
-        if training:
-            if batches == 0 and self.epoch_index == 0 and not self._skipped:
-                raise ValueError(f"the training data ({type(data).__name__}) yielded no batch")
-            self.examples_per_second = examples / max(time.perf_counter() - started, 1e-9)
-            self._check_finite(stats, tape)
-        self._phase_stats = stats
-        if record:
-            epoch = self.history.epochs[-1]
-            epoch.update({prefix + name: value for name, value in stats.items()})
-            if training:
-                epoch["examples_per_second"] = self.examples_per_second
-        self._fire(end)
-        return stats
-
-    def _run_batch(self, batch: Any, training: bool, tape: _LossTape | None) -> int:
-        """One batch: BATCH_START, the step, the metrics, BATCH_END. Returns its examples."""
-        assert self._step is not None and self.device is not None
-        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-            raise BatchError(
-                f"{'training' if training else 'validation'} batch {self.batch_index} is a "
-                f"{type(batch).__name__}, not an (input, target) pair"
-            )
-        self.last_input = move_to_device(batch[0], self.device, non_blocking=True)
-        self.last_target = move_to_device(batch[1], self.device, non_blocking=True)
-        self.last_output = self.last_loss = None
-        examples = 0
-        try:
-            self._fire(Event.BATCH_START)
-            if training:
-                step = self.global_step
-                loss, self.last_output = self._step.train()
-                assert tape is not None
-                tape.add(loss, self.batch_index, step)
-            else:
-                loss, self.last_output = self._step.infer()
-            self.last_loss = loss
-            for metric in self.metrics:
-                metric.update(loss, self.last_output, self.last_target)
-            examples = batch_size(self.last_target) or batch_size(self.last_input)
-        except CancelBatch:
-            pass
-        self._completed = self.batch_index + 1
-        self._fire(Event.BATCH_END)
-        if self.interrupted:
-            raise KeyboardInterrupt(f"interrupted after {'training' if training else 'validation'}"
-                                    f" batch {self.batch_index} of epoch {self.epoch_index + 1}")
-        return examples
-
-    def _check_finite(self, stats: dict[str, float], tape: _LossTape | None) -> None:
-        if math.isfinite(stats.get("loss", 0.0)) or tape is None:
+    def _check_finite(self, stats: dict[str, float], losses: Tape | None) -> None:
+        """Raise NonFiniteLossError naming the first bad batch if the phase's loss is not finite."""
+        if math.isfinite(stats.get("loss", 0.0)) or losses is None:
             return
-        where = tape.first_non_finite()
-        if where is not None:
-            batch, step = where
+        flat = losses.flat()
+        bad = torch.nonzero(~torch.isfinite(flat.float())) if flat is not None else None
+        if bad is not None and len(bad):
+            batch, step = losses.tags[int(bad[0, 0])]
             raise NonFiniteLossError(epoch=self.epoch_index + 1, step=step, batch=batch)
+
+    # -- set-up --------------------------------------------------------------------------------
+    def _begin(self, model: nn.Module, epochs: int, session: distributed.Session,
+               device: str | torch.device, callbacks: list[Any], options: StepOptions,
+               custom: CustomStep | None, strategy: str,
+               resume_from: bool | str | Path | None) -> int:
+        """Set up the state of a fit (and restore a checkpoint); returns the first epoch."""
+        self.device = session.device or resolve_device(device)
+        self.model = distributed.wrap(model.to(self.device), self.optimizer, strategy, self.device)
+        self._train_data = distributed.shard(self.training)
+        self._val_data = None if self.validation is None else distributed.shard(self.validation)
+        self._generators = checkpointing.data_generators(self._train_data, self._val_data)
+        self.epoch_count = epochs
+        self.fit_callbacks = callbacks
+        self._handlers, self._deferred = resolve_handlers(callbacks), []
+        self._options, self._custom = options, custom
+        self._step = self._make_step(self.model, options, custom)
+        self.history, self.global_step, self.stop_training = History(), 0, False
+        self.interrupted, self.position, self._plan = False, Position(), None
+        self._warming_up = self._step.compiled
+        batches = _length(self._train_data)
+        self.total_steps = None if batches is None else epochs * math.ceil(
+            batches / options.accumulate_grad_batches)
+        if not resume_from:
+            return 0
+        path = resume.find(resume_from, [c.dir for c in callbacks if isinstance(c, Checkpoint)])
+        plan = resume.restore(path, model=self.model, optimizer=self.optimizer,
+                              scaler=self._step.scaler, history=self.history, callbacks=callbacks,
+                              data=self._train_data, generators=self._generators)
+        self.global_step = plan.global_step
+        self._plan = None if plan.phase is Phase.EPOCH_END else plan
+        return plan.first_epoch
+
+    def _make_step(self, model: nn.Module, options: StepOptions, custom: CustomStep | None,
+                   device: torch.device | None = None, inference: bool = False) -> Step:
+        """The step for ``model``, with the loop bound into the user's updater and step."""
+        device = device or self.device
+        assert device is not None
+        optimizer = self.optimizer
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            optimizer = functools.partial(optimizer, self)
+        return Step(model, optimizer, self.loss, device, self._fire, options,
+                    None if custom is None else functools.partial(custom, self),
+                    inference=inference)
+
+    @contextlib.contextmanager
+    def _borrowed_state(self) -> Iterator[None]:
+        """Put back every attribute a pass outside ``fit`` (``evaluate``) changes."""
+        names = ("model", "device", "metrics", "is_training", "batch_index", "batch_count",
+                 "last_input", "last_target", "last_output", "last_loss", "position",
+                 "_handlers", "_deferred", "_step", "_phase_stats", "_losses")
+        saved = {name: getattr(self, name) for name in names}
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                setattr(self, name, value)
+
+    @contextlib.contextmanager
+    def _interrupt_guard(self) -> Iterator[None]:
+        """Turn the first Ctrl-C into a stop after the current batch (a second one is immediate)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+
+        def handler(signum: int, frame: Any) -> None:
+            if self.interrupted:
+                raise KeyboardInterrupt
+            self.interrupted = True
+
+        previous = signal.signal(signal.SIGINT, handler)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, previous)

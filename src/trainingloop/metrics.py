@@ -26,6 +26,7 @@ __all__ = [
     "Metric",
     "MetricTrace",
     "Perplexity",
+    "Tape",
     "TopKAccuracy",
     "TorchMetric",
     "batch_size",
@@ -292,20 +293,56 @@ def resolve_metrics(metrics: Sequence[Any]) -> list[Metric]:
     return [losses[0] if losses else Loss(), *others]
 
 
+class Tape:
+    """Small device tensors recorded once per batch, each with a host-side tag, read in bulk.
+
+    ``add`` keeps the tensor on its device (no host read); every ``chunk`` additions the
+    pending ones are concatenated, which bounds the number of live tensors on long phases.
+    ``flat`` is everything recorded, concatenated on the device; ``tags`` the tags in order.
+    """
+
+    def __init__(self, chunk: int = 1024) -> None:
+        self.chunk = chunk
+        self.tags: list[Any] = []
+        self._chunks: list[Tensor] = []
+        self._pending: list[Tensor] = []
+
+    def __len__(self) -> int:
+        return len(self.tags)
+
+    def add(self, values: Tensor, tag: Any) -> None:
+        """Record ``values`` (flattened) under ``tag``."""
+        self._pending.append(values.reshape(-1))
+        self.tags.append(tag)
+        if len(self._pending) >= self.chunk:
+            self._chunks.append(torch.cat(self._pending))
+            self._pending = []
+
+    def flat(self) -> Tensor | None:
+        """Every recorded value in one device tensor (None when empty)."""
+        parts = self._chunks + ([torch.cat(self._pending)] if self._pending else [])
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def clear(self) -> None:
+        """Forget everything recorded."""
+        self.tags, self._chunks, self._pending = [], [], []
+
+
 class MetricTrace:
     """Per-batch running values of a phase's metrics, kept on the device and read in bulk.
 
-    ``record`` costs one small device copy per batch (the metrics' running sums, concatenated);
-    ``read`` moves everything recorded to the host at once and turns it into values. Loggers
-    use it to write per-batch rows without a host sync per step.
+    ``record`` costs one small device copy per batch (the metrics' running sums, concatenated,
+    on a :class:`Tape`); ``read`` moves everything recorded to the host at once and turns it
+    into values. Loggers use it to write per-batch rows without a host sync per step.
     """
 
     def __init__(self) -> None:
-        self._parts: list[Tensor] = []
-        self._meta: list[tuple[Any, list[Metric], list[int] | None, list[float]]] = []
+        self._tape = Tape()
 
     def __len__(self) -> int:
-        return len(self._parts)
+        return len(self._tape)
 
     def record(self, metrics: Sequence[Metric], tag: Any) -> None:
         """Snapshot the running values of ``metrics`` under ``tag`` (no host read)."""
@@ -313,9 +350,9 @@ class MetricTrace:
         if all(type(m).value_tensor is Metric.value_tensor and m.sums is not None
                for m in metrics):
             sums = [m.sums for m in metrics]
-            self._parts.append(torch.cat(sums))  # type: ignore[arg-type]
-            self._meta.append((tag, metrics, [s.numel() for s in sums],  # type: ignore[union-attr]
-                               [m.count for m in metrics]))
+            self._tape.add(torch.cat(sums), (tag, metrics,  # type: ignore[arg-type]
+                                             [s.numel() for s in sums],  # type: ignore[union-attr]
+                                             [m.count for m in metrics]))
             return
         values = []
         for m in metrics:
@@ -323,17 +360,18 @@ class MetricTrace:
             values.append(torch.tensor(math.nan) if v is None else v.detach().reshape(()))
         device = next((v.device for v in values if v.device.type != "cpu"), values[0].device)
         dtype = _accumulator_dtype(device)
-        self._parts.append(torch.stack([v.to(device=device, dtype=dtype) for v in values]))
-        self._meta.append((tag, metrics, None, []))
+        self._tape.add(torch.stack([v.to(device=device, dtype=dtype) for v in values]),
+                       (tag, metrics, None, []))
 
     def read(self) -> list[tuple[Any, list[float]]]:
         """``(tag, values)`` of every snapshot since the last read; one host transfer."""
-        if not self._parts:
+        flat_device = self._tape.flat()
+        if flat_device is None:
             return []
-        flat = torch.cat([p.reshape(-1) for p in self._parts]).cpu()
+        flat = flat_device.cpu()
         rows: list[tuple[Any, list[float]]] = []
         offset = 0
-        for tag, metrics, sizes, counts in self._meta:
+        for tag, metrics, sizes, counts in self._tape.tags:
             if sizes is None:
                 rows.append((tag, flat[offset:offset + len(metrics)].tolist()))
                 offset += len(metrics)
@@ -343,5 +381,5 @@ class MetricTrace:
                 values.append(float(metric.value(flat[offset:offset + size], count)))
                 offset += size
             rows.append((tag, values))
-        self._parts, self._meta = [], []
+        self._tape.clear()
         return rows

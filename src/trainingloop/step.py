@@ -1,10 +1,12 @@
 """The training and inference step: the only code that touches autograd and the optimizer.
 
 :class:`Step` owns autocast, the forward pass and loss (or a user's custom step), backward,
-gradient accumulation, unscaling, clipping, the optimizer update and ``zero_grad``. The loop
-owns iteration, events and metrics; it calls :meth:`Step.train` or :meth:`Step.infer` once per
-batch. ``compile=True`` compiles the forward pass with its loss (their backward is compiled
-with them by AOTAutograd) and the optimizer update, not the loop.
+gradient accumulation (no gradient sync before the last micro-batch), unscaling, clipping, the
+optimizer update and ``zero_grad``. It is a function of its inputs: the loop hands it the
+batch and a ``fire`` callable for ``UPDATE_START`` and ``INFERENCE_PREDICTION_END``, and it
+returns what happened; the loop owns iteration, events, metrics and every counter.
+``compile=True`` compiles the forward pass with its loss (their backward is compiled with them
+by AOTAutograd) and the optimizer update, not the loop.
 
 Nothing here reads a tensor on the host, except the fp16 GradScaler's own inf check (PyTorch
 reads one flag per update there; bf16 and fp32 need no scaler).
@@ -15,18 +17,16 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from trainingloop import _compat
 from trainingloop.events import CancelBatch, Event
 
-if TYPE_CHECKING:
-    from trainingloop.loop import TrainingLoop
-
-__all__ = ["PRECISIONS", "BatchError", "Step", "describe"]
+__all__ = ["PRECISIONS", "BatchError", "Step", "StepOptions", "describe"]
 
 PRECISIONS: dict[str, torch.dtype | None] = {
     "32": None,
@@ -37,6 +37,8 @@ PRECISIONS: dict[str, torch.dtype | None] = {
 
 # Errors that mean "this batch does not fit"; out-of-memory is not one of them.
 _FIT_ERRORS = (RuntimeError, ValueError, IndexError, TypeError)
+
+LossFunction = Callable[[Any, Any], Tensor]
 
 
 class BatchError(ValueError):
@@ -54,8 +56,7 @@ def describe(obj: Any) -> str:
     return type(obj).__name__
 
 
-def forward_and_loss(model: Any, loss: Callable[[Any, Any], Tensor], input: Any,
-                     target: Any) -> tuple[Tensor, Any]:
+def forward_and_loss(model: Any, loss: LossFunction, input: Any, target: Any) -> tuple[Tensor, Any]:
     """The default forward pass and loss; a module-level function so that the compiled graph
     is cached across fits of the same model (Dynamo caches per code object and guards)."""
     output = model(input)
@@ -72,48 +73,68 @@ def _misfit(error: Exception) -> bool:
     return isinstance(error, _FIT_ERRORS) and not isinstance(error, _NOT_MISFITS)
 
 
+@dataclass(frozen=True)
+class StepOptions:
+    """The options of ``fit`` that shape the step; checked when made."""
+
+    precision: str = "32"
+    accumulate_grad_batches: int = 1
+    clip_grad_norm: float | None = None
+    compile: bool | dict[str, Any] = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} is not one of {sorted(PRECISIONS)}")
+        accumulate = self.accumulate_grad_batches
+        if not isinstance(accumulate, int) or isinstance(accumulate, bool) or accumulate < 1:
+            raise ValueError(f"accumulate_grad_batches must be an integer >= 1, got {accumulate!r}")
+        if self.clip_grad_norm is not None and not self.clip_grad_norm > 0:
+            raise ValueError(f"clip_grad_norm must be positive, got {self.clip_grad_norm!r}")
+
+
 class Step:
-    """One training or inference step of ``loop`` under the options of ``fit``."""
+    """Forward, backward and update of one batch, under ``options``.
+
+    ``optimizer`` is a ``torch.optim.Optimizer`` or a plain ``update()`` function (d2l's
+    from-scratch ``sgd``; the step then zeroes the gradients). ``custom`` replaces the default
+    forward and loss: ``custom(model) -> loss``. ``fire`` fires an event of the loop;
+    ``inference=True`` makes a step for evaluation only.
+    """
 
     def __init__(
         self,
-        loop: TrainingLoop,
-        *,
-        precision: str = "32",
-        accumulate_grad_batches: int = 1,
-        clip_grad_norm: float | None = None,
-        compile: bool | dict[str, Any] = False,
-        custom: Callable[[TrainingLoop, torch.nn.Module], Tensor] | None = None,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | Callable[[], None],
+        loss: LossFunction | None,
+        device: torch.device,
+        fire: Callable[[Event], None],
+        options: StepOptions = StepOptions(),  # frozen: one default is shared safely
+        custom: Callable[[nn.Module], Tensor] | None = None,
+        inference: bool = False,
     ) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision {precision!r} is not one of {sorted(PRECISIONS)}")
-        if not isinstance(accumulate_grad_batches, int) or accumulate_grad_batches < 1:
-            raise ValueError(
-                f"accumulate_grad_batches must be an integer >= 1, got {accumulate_grad_batches!r}"
-            )
-        if clip_grad_norm is not None and not clip_grad_norm > 0:
-            raise ValueError(f"clip_grad_norm must be positive, got {clip_grad_norm!r}")
-        assert loop.model is not None and loop.device is not None
-        self.loop = loop
-        self.model = loop.model
-        dtype = PRECISIONS[precision]
-        self.autocast = _compat.autocast(loop.device.type, dtype)
-        self.scaler = _compat.grad_scaler(loop.device.type) if dtype == torch.float16 else None
-        self.accumulate = accumulate_grad_batches
-        self.clip = clip_grad_norm
+        self.model = model
+        self.loss = loss
+        self.fire = fire
+        self.options = options
+        dtype = PRECISIONS[options.precision]
+        self.autocast = _compat.autocast(device.type, dtype)
+        self.scaler = _compat.grad_scaler(device.type) if dtype == torch.float16 else None
         self.custom = custom
-        self.parameters = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = loop.optimizer
-        self.is_updater = not isinstance(self.optimizer, torch.optim.Optimizer)
+        self.parameters = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = optimizer
+        self.is_updater = not isinstance(optimizer, torch.optim.Optimizer)
         self.pending = 0  # micro-batches whose gradients await an update
+        self.inference = inference  # evaluate/predict: the optimizer is not compiled
         self.compiled = False
+        # (group, its float lr) of the groups whose rate compiling made a float32 tensor
+        self._tensor_rates: list[tuple[dict[str, Any], float]] = []
         self.forward_loss: Callable[..., tuple[Tensor, Any]] = forward_and_loss
-        self.forward: Callable[[Any], Any] = self.model
-        self.optimizer_step: Callable[[], Any] | None = (
-            None if self.is_updater else self.optimizer.step  # type: ignore[union-attr]
+        self.forward: Callable[[Any], Any] = model
+        self.optimizer_step: Callable[[], Any] = (
+            optimizer if self.is_updater else optimizer.step  # type: ignore[union-attr,assignment]
         )
-        if compile:
-            self._compile({} if compile is True else dict(compile))
+        if options.compile:
+            self._compile({} if options.compile is True else dict(options.compile))
 
     # -- compilation -------------------------------------------------------------------------
     def _compile(self, options: dict[str, Any]) -> None:
@@ -121,14 +142,16 @@ class Step:
         by validation, and the optimizer update.
 
         A compiled optimizer re-specialises on a float learning rate, so the rates of its
-        parameter groups become 0-d tensors (schedulers then fill them in place).
+        parameter groups become 0-d tensors while this step lives (schedulers fill them in
+        place); :meth:`close` gives the user back floats.
         """
         try:
             self.forward_loss = torch.compile(forward_and_loss, **options)
             self.forward = torch.compile(self.model, **options)
-            if self.optimizer_step is not None and self.scaler is None:
+            if not (self.is_updater or self.inference) and self.scaler is None:
                 for group in self.optimizer.param_groups:  # type: ignore[union-attr]
                     if not isinstance(group["lr"], Tensor):
+                        self._tensor_rates.append((group, float(group["lr"])))
                         group["lr"] = torch.tensor(float(group["lr"]))
                 self.optimizer_step = torch.compile(self.optimizer_step, **options)
             self.compiled = True
@@ -144,120 +167,122 @@ class Step:
         if not self.is_updater:
             self.optimizer_step = self.optimizer.step  # type: ignore[union-attr]
 
-    # -- forward -----------------------------------------------------------------------------
-    def _phase(self) -> str:
-        return "training" if self.loop.is_training else "validation"
+    def close(self) -> None:
+        """End of the fit: learning rates that compiling made tensors are floats again."""
+        for group, rate in self._tensor_rates:
+            if isinstance(group["lr"], Tensor):
+                value = float(group["lr"])  # the user's own value when nothing changed it
+                group["lr"] = rate if value == float(torch.tensor(rate)) else value
+        self._tensor_rates = []
 
-    def _call_model(self, input: Any) -> Any:
+    # -- forward -----------------------------------------------------------------------------
+    def _call_model(self, input: Any, where: str) -> Any:
         try:
             return self.forward(input)
         except Exception as error:
             if not _misfit(error):
                 raise
-            raise BatchError(
-                f"{self._phase()} batch {self.loop.batch_index}: the model does not accept input "
-                f"of shape {describe(input)}: {error}"
-            ) from error
+            raise BatchError(f"{where}: the model does not accept input of shape "
+                             f"{describe(input)}: {error}") from error
 
-    def _call_loss(self, output: Any, target: Any) -> Tensor:
+    def _call_loss(self, output: Any, target: Any, where: str) -> Tensor:
+        assert self.loss is not None
         try:
-            return self.loop.loss(output, target)
+            return self.loss(output, target)
         except Exception as error:
             if not _misfit(error):
                 raise
-            raise BatchError(
-                f"{self._phase()} batch {self.loop.batch_index}: the loss does not accept output "
-                f"of shape {describe(output)} with target of shape {describe(target)}: {error}"
-            ) from error
+            raise BatchError(f"{where}: the loss does not accept output of shape "
+                             f"{describe(output)} with target of shape {describe(target)}: "
+                             f"{error}") from error
 
-    def _train_forward(self) -> tuple[Tensor, Any]:
-        loop = self.loop
+    def _train_forward(self, input: Any, target: Any, where: str) -> tuple[Tensor, Any]:
         if self.custom is not None:
-            return self.custom(loop, self.model), loop.last_output
+            return self.custom(self.model), None
         if self.compiled:
             try:
-                return self.forward_loss(self.model, loop.loss, loop.last_input, loop.last_target)
+                return self.forward_loss(self.model, self.loss, input, target)
             except Exception as error:
                 if isinstance(error, torch.OutOfMemoryError):
                     raise
-                output = self._call_model(loop.last_input)  # a misfit raises BatchError here
-                result = self._call_loss(output, loop.last_target), output
+                output = self._call_model(input, where)  # a misfit raises BatchError here
+                result = self._call_loss(output, target, where), output
                 self._fall_back(error)  # eager works: the compiler was the problem
                 return result
-        output = self._call_model(loop.last_input)
-        return self._call_loss(output, loop.last_target), output
+        output = self._call_model(input, where)
+        return self._call_loss(output, target, where), output
 
     # -- the steps ---------------------------------------------------------------------------
-    def train(self) -> tuple[Tensor, Any]:
-        """Forward, loss, backward; the update every ``accumulate`` batches. Returns loss, output."""
+    def forward_backward(self, input: Any, target: Any, *, last: bool,
+                         where: str = "training batch") -> tuple[Tensor, Any, bool]:
+        """Forward, loss and backward of one micro-batch.
+
+        Returns the detached loss, the output (None from a custom step) and whether the
+        update is due now (every ``accumulate_grad_batches`` micro-batches, and at ``last``,
+        the phase's final batch). Gradients are synchronised across processes only then.
+        """
+        accumulate = self.options.accumulate_grad_batches
         with self.autocast:
-            loss, output = self._train_forward()
-        scaled = loss / self.accumulate if self.accumulate > 1 else loss
+            loss, output = self._train_forward(input, target, where)
+        scaled = loss / accumulate if accumulate > 1 else loss
         if self.scaler is not None:
             scaled = self.scaler.scale(scaled)
-        loop = self.loop
-        last = loop.batch_count is not None and loop.batch_index + 1 >= loop.batch_count
-        updating = self.pending + 1 >= self.accumulate or last
+        updating = self.pending + 1 >= accumulate or last
         no_sync = getattr(self.model, "no_sync", None)
         # DDP all-reduces gradients only on the micro-batch that updates.
         with no_sync() if (no_sync is not None and not updating) else contextlib.nullcontext():
             scaled.backward()
         self.pending += 1
-        loss = loss.detach()
-        if updating:
-            # UPDATE_START sees this batch's prediction and loss with the gradients (as S4TF's
-            # updateStart does).
-            loop.last_output, loop.last_loss = output, loss
-            self.update()
-        return loss, output
+        return loss.detach(), output, updating
 
-    def infer(self) -> tuple[Tensor, Any]:
-        """Prediction, ``INFERENCE_PREDICTION_END``, then the loss. Returns loss, output."""
-        loop = self.loop
+    def infer(self, input: Any, target: Any, where: str = "validation batch",
+              on_prediction: Callable[[Any], None] | None = None) -> tuple[Tensor, Any]:
+        """Prediction, ``on_prediction(output)`` (where the loop fires
+        ``INFERENCE_PREDICTION_END``), then the loss. Returns loss, output (None from a custom
+        step)."""
         with self.autocast:
             if self.custom is not None:
-                loss = self.custom(loop, self.model)
-                loop._fire(Event.INFERENCE_PREDICTION_END)
-                return loss.detach(), loop.last_output
-            loop.last_output = self._call_model(loop.last_input)
-            loop._fire(Event.INFERENCE_PREDICTION_END)
-            return self._call_loss(loop.last_output, loop.last_target).detach(), loop.last_output
+                loss = self.custom(self.model)
+                if on_prediction is not None:
+                    on_prediction(None)
+                return loss.detach(), None
+            output = self._call_model(input, where)
+            if on_prediction is not None:
+                on_prediction(output)
+            return self._call_loss(output, target, where).detach(), output
+
+    def predict(self, input: Any, where: str = "batch") -> Any:
+        """The model's output for ``input``, under the step's autocast and compiled forward."""
+        with self.autocast:
+            return self._call_model(input, where)
 
     def update(self) -> None:
-        """Unscale, fire ``UPDATE_START``, clip, step the optimizer, zero the gradients."""
+        """Unscale, fire ``UPDATE_START``, clip, step the optimizer, zero the gradients.
+
+        A ``CancelBatch`` from ``UPDATE_START`` drops the gradients and propagates: no update.
+        """
         self.pending = 0
-        loop = self.loop
         if self.scaler is not None and not self.is_updater:
-            self.scaler.unscale_(self.optimizer)
+            self.scaler.unscale_(self.optimizer)  # type: ignore[arg-type]
         try:
-            loop._fire(Event.UPDATE_START)
+            self.fire(Event.UPDATE_START)
         except CancelBatch:
             self.zero_grad()
             raise
-        if self.clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.parameters, self.clip)
-        if self.is_updater:
-            self.optimizer(loop)  # type: ignore[operator]
-        elif self.scaler is not None:
-            self.scaler.step(self.optimizer)
+        if self.options.clip_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.options.clip_grad_norm)
+        if self.scaler is not None and not self.is_updater:
+            self.scaler.step(self.optimizer)  # type: ignore[arg-type]
             self.scaler.update()
         else:
-            assert self.optimizer_step is not None
             try:
                 self.optimizer_step()
             except Exception as error:
                 if not self.compiled:
                     raise
                 self._fall_back(error)
-                self.optimizer.step()  # type: ignore[union-attr]
+                self.optimizer_step()
         self.zero_grad()
-        loop.global_step += 1
-
-    def flush(self) -> None:
-        """Apply an update for micro-batches left over at the end of a training phase."""
-        if self.pending:
-            with contextlib.suppress(CancelBatch):
-                self.update()
 
     def zero_grad(self) -> None:
         """Drop the gradients (set to None, as ``zero_grad(set_to_none=True)``)."""

@@ -20,6 +20,7 @@ import torch
 
 from trainingloop import checkpointing
 from trainingloop.callbacks.base import Callback
+from trainingloop.resume import Phase
 
 if TYPE_CHECKING:
     from trainingloop.loop import TrainingLoop
@@ -77,13 +78,14 @@ class Checkpoint(Callback):
             loop.call_after_event(lambda: self.save(loop, name))
 
     def on_fit_end(self, loop: TrainingLoop) -> None:
-        if loop.interrupted and loop._phase in ("train", "validation"):
+        position = loop.position
+        if loop.interrupted and position.phase in (Phase.TRAINING, Phase.VALIDATION):
             if loop.pending_micro_batches:
                 warnings.warn("interrupted between accumulated micro-batches: no checkpoint "
                               "written (its gradients would be lost)", RuntimeWarning, stacklevel=2)
                 return
             name = (f"epoch={loop.epoch_index + 1:04d}-step={loop.global_step:07d}"
-                    f"-{loop._phase}-{loop._completed:06d}")
+                    f"-{position.phase.value}-{position.completed:06d}")
             loop.call_after_event(lambda: self.save(loop, name))
 
     # -- saving ----------------------------------------------------------------------------

@@ -65,8 +65,8 @@ class CSVLogger(Callback):
 
     def on_batch_end(self, loop: TrainingLoop) -> None:
         if self._enabled:
-            phase = "train" if loop.is_training else "validation"
-            self._trace.record(loop.metrics, (loop.epoch_index + 1, loop.batch_index + 1, phase))
+            self._trace.record(loop.metrics, (loop.epoch_index + 1, loop.batch_index + 1,
+                                              loop.position.phase.value))
 
     def on_epoch_end(self, loop: TrainingLoop) -> None:
         self.flush()
