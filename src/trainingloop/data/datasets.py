@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import re
-import warnings
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -97,44 +96,51 @@ def fashion_mnist(split: str = "train", root: str | os.PathLike[str] | None = No
 # -- CIFAR-10 ---------------------------------------------------------------------------------
 _CIFAR_BIN = ("cifar-10-binary.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
               "md5:c32a1d4ab5d03f1284b67883e8d87530")
+_CIFAR_SUBSET = {"train": "data_batch_1_first4000.bin", "test": "test_batch_first1000.bin"}
+_CIFAR_HINT = ("Put cifar-10-batches-bin/ (data_batch_1..5.bin, test_batch.bin), "
+               "cifar-10-batches-py/ or cifar-10-binary.tar.gz there.")
 
 
 def cifar10(split: str = "train", root: str | os.PathLike[str] | None = None,
-            download: bool = True) -> ArrayDataset:
+            download: bool = True, subset: bool = False) -> ArrayDataset:
     """CIFAR-10: 50000 train / 10000 test images, uint8 N×32×32×3, labels 0-9.
 
     Reads ``cifar-10/cifar-10-batches-bin/`` (binary records), ``cifar-10/cifar-10-batches-py/``
     (python batches, unpickled with only NumPy arrays allowed) or the ``.tar.gz`` archive.
-    The offline mirror's ``cifar-10-subset/`` (first 4000 train, 1000 test) is used, with a
-    warning, when no full copy is present.
+    ``subset=True`` reads the offline mirror's ``cifar-10-subset/`` instead (the first 4000
+    train and 1000 test images, as binary records); it is read only when asked for.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     base = data_root(root)
-    folder = base / "cifar-10"
-    stems = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-    parts: list[tuple[np.ndarray, np.ndarray]]
-    if all((folder / "cifar-10-batches-bin" / f"{s}.bin").exists() for s in stems):
-        parts = [cifar_records((folder / "cifar-10-batches-bin" / f"{s}.bin").read_bytes(), s)
-                 for s in stems]
-    elif all((folder / "cifar-10-batches-py" / s).exists() for s in stems):
-        parts = [cifar_pickle((folder / "cifar-10-batches-py" / s).read_bytes(), s) for s in stems]
-    elif (base / "cifar-10-subset").is_dir() and not (folder / _CIFAR_BIN[0]).exists():
-        name = "data_batch_1_first4000.bin" if split == "train" else "test_batch_first1000.bin"
-        path = base / "cifar-10-subset" / name
-        if not path.exists():
-            raise FileNotFoundError(f"missing data file {name} in folder {path.parent}")
-        warnings.warn(f"using the CIFAR-10 subset {path}, not the full data set", stacklevel=2)
+    if subset:
+        name = _CIFAR_SUBSET[split]
+        path = require_files(base / "cifar-10-subset", {name: (None, None)}, False,
+                             "It is the offline mirror's partial copy of CIFAR-10.")[name]
         parts = [cifar_records(path.read_bytes(), name)]
     else:
-        archive = require_files(folder, {_CIFAR_BIN[0]: _CIFAR_BIN[1:]}, download,
-                                "Put cifar-10-batches-bin/ (data_batch_1..5.bin, test_batch.bin), "
-                                "cifar-10-batches-py/ or cifar-10-binary.tar.gz there.")[_CIFAR_BIN[0]]
-        parts = cifar_archive(archive, stems)
+        parts = _cifar10_full(base, split, download)
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
     return ArrayDataset({"image": torch.from_numpy(np.ascontiguousarray(images)),
                          "label": torch.from_numpy(labels)})
+
+
+def _cifar10_full(base: Path, split: str, download: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The batches of ``split`` from whichever full copy ``base / "cifar-10"`` holds."""
+    folder = base / "cifar-10"
+    stems = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    if all((folder / "cifar-10-batches-bin" / f"{s}.bin").exists() for s in stems):
+        return [cifar_records((folder / "cifar-10-batches-bin" / f"{s}.bin").read_bytes(), s)
+                for s in stems]
+    if all((folder / "cifar-10-batches-py" / s).exists() for s in stems):
+        return [cifar_pickle((folder / "cifar-10-batches-py" / s).read_bytes(), s) for s in stems]
+    hint = _CIFAR_HINT
+    if (base / "cifar-10-subset").is_dir():
+        hint += (f" The partial copy in {base / 'cifar-10-subset'} is read only with "
+                 "subset=True.")
+    archive = require_files(folder, {_CIFAR_BIN[0]: _CIFAR_BIN[1:]}, download, hint)
+    return cifar_archive(archive[_CIFAR_BIN[0]], stems)
 
 
 # -- text -------------------------------------------------------------------------------------
