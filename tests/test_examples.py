@@ -111,3 +111,19 @@ def test_resnet_cifar10_names_the_copy_it_reads(tmp_path: Path) -> None:
         resnet.datasets(DATA_ROOT, "full")
     with pytest.raises(ValueError, match="'full', 'subset' or 'auto'"):
         resnet.datasets(DATA_ROOT, "half")
+
+
+def test_gpt_wikitext2_protocol_is_named(tmp_path: Path) -> None:
+    gpt = load("gpt-wikitext2")
+    folder = str(DATA_ROOT / "wikitext-2")
+    with pytest.warns(UserWarning, match=rf"wiki\.train\.tokens is not in {re.escape(folder)}"):
+        assert gpt.splits(DATA_ROOT) == ("validation", "test")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # chosen by name: no warning
+        assert gpt.splits(DATA_ROOT, "validation") == ("validation", "test")
+        assert gpt.splits(DATA_ROOT, "train") == ("train", "validation")
+        (tmp_path / "wikitext-2").mkdir()
+        (tmp_path / "wikitext-2" / "wiki.train.tokens").write_text(" = a = \n")
+        assert gpt.splits(tmp_path) == ("train", "validation")  # the standard protocol
+    with pytest.raises(ValueError, match="train_split"):
+        gpt.splits(DATA_ROOT, "test")
