@@ -20,7 +20,7 @@ from trainingloop.examples import Options, fit, outputs
 from trainingloop.examples.models import GPT, language_model_loss
 from trainingloop.schedules import warmup_cosine
 
-DESCRIPTION = "small word-level GPT on WikiText-2 (perplexity; --set train_split=validation)"
+DESCRIPTION = "small word-level GPT on WikiText-2 (perplexity; --set train_split=train|validation)"
 DEFAULTS = {"epochs": 3, "batch_size": 32, "lr": 2e-3}
 EXTRA = {"train_split": "train (standard: evaluate on validation) or validation (evaluate on "
                         "test); default: train if wiki.train.tokens exists, else validation "
