@@ -72,7 +72,7 @@ def _idx_set(folder_name: str, url: str, sha: dict[str, str], split: str,
     names = [f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz"]
     folder = data_root(root) / folder_name
     paths = require_files(folder, {n: (url + n, "sha256:" + sha[n]) for n in names}, download,
-                     f"Put the original idx .gz files of {folder_name} there.")
+                          f"Put the original idx .gz files of {folder_name} there.")
     images = read_idx(paths[names[0]])
     labels = read_idx(paths[names[1]])
     if len(images) != len(labels):
@@ -169,7 +169,7 @@ def tiny_shakespeare(split: str = "train", root: str | os.PathLike[str] | None =
         raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
     folder = data_root(root) / "tinyshakespeare"
     path = require_files(folder, {_SHAKESPEARE[0]: _SHAKESPEARE[1:]}, download,
-                    "Put Karpathy's input.txt there.")[_SHAKESPEARE[0]]
+                         "Put Karpathy's input.txt there.")[_SHAKESPEARE[0]]
     text = path.read_text(encoding="utf-8")
     cut = int(len(text) * 0.9)
     tokenizer = Tokenizer.build([text[:cut]], level="char", specials=("<unk>",))
@@ -184,7 +184,8 @@ _WIKITEXT_FILES = {"train": "wiki.train.tokens", "validation": "wiki.valid.token
 def _wikitext_lines(folder: Path, split: str, download: bool) -> list[str]:
     name = _WIKITEXT_FILES[split]
     path = require_files(folder, {name: (None, None)}, download,
-                    "Put the tokenized WikiText-2 v1 files (wiki.{train,valid,test}.tokens) there.")
+                         "Put the tokenized WikiText-2 v1 files (wiki.{train,valid,test}.tokens) "
+                         "there.")
     return path[name].read_text(encoding="utf-8").splitlines()
 
 
