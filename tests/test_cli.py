@@ -5,11 +5,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
+from conftest import DATA_ROOT
 
 from trainingloop.cli import main
+from trainingloop.examples import parse_extra
 
 
 def test_list(capsys) -> None:  # type: ignore[no-untyped-def]
@@ -66,3 +69,39 @@ def test_bad_values_are_argparse_errors_not_tracebacks(capsys) -> None:  # type:
         err = capsys.readouterr().err
         assert "trainingloop run: error: argument " + word in err, err
         assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("example", ["softmax-fashion-mnist", "lenet-fashion-mnist", "mlp-mnist",
+                                     "lenet-mnist", "resnet-cifar10", "bert-cola",
+                                     "gpt-wikitext2", "gpt-shakespeare"])
+def test_data_dir_is_the_root_the_readers_use(example: str, tmp_path: Path, capsys,  # type: ignore[no-untyped-def]
+                                              monkeypatch) -> None:
+    # $TRAININGLOOP_DATA points at the real mirror; --data-dir at an empty folder must win,
+    # without the CLI rewriting the environment.
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.setenv("TRAININGLOOP_NO_DOWNLOAD", "1")
+    monkeypatch.setenv("TRAININGLOOP_DATA", str(DATA_ROOT))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # gpt-wikitext2 warns that it has no train split
+        code = main(["run", example, "--data-dir", str(empty), "--out", str(tmp_path / "o")])
+    assert code == 1
+    assert str(empty) in capsys.readouterr().err
+    assert os.environ["TRAININGLOOP_DATA"] == str(DATA_ROOT)
+
+
+def test_set_fills_the_examples_extra_options(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert parse_extra("resnet-cifar10", ["depth=56", "data=subset"]) == {
+        "depth": "56", "data": "subset"}
+    # The value reaches the example: data=full refuses the mirror's subset.
+    code = main(["run", "resnet-cifar10", "--data-dir", str(DATA_ROOT), "--set", "data=full",
+                 "--out", str(tmp_path / "o")])
+    assert code == 1
+    assert "cifar-10-binary.tar.gz" in capsys.readouterr().err
+    assert main(["run", "digits", "--set", "depth=56"]) == 2
+    assert "example 'digits' has no option 'depth'" in capsys.readouterr().err
+    assert main(["run", "resnet-cifar10", "--set", "detph=56"]) == 2
+    err = capsys.readouterr().err
+    assert "no option 'detph'" in err and "depth:" in err and "data:" in err
+    assert main(["run", "resnet-cifar10", "--set", "depth"]) == 2
+    assert "NAME=VALUE" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import warnings
 from pathlib import Path
 
 import pytest
@@ -37,8 +38,9 @@ def test_fashion_mnist_real_files() -> None:
 
 
 def test_cifar10_subset_and_canonical_layout(tmp_path: Path) -> None:
-    with pytest.warns(UserWarning, match="subset"):
-        train = tl.datasets.cifar10("train", root=DATA_ROOT)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # asked for by name: no warning
+        train = tl.datasets.cifar10("train", root=DATA_ROOT, subset=True)
     assert train.column("image").shape == (4000, 32, 32, 3)
     assert train.column("label")[:10].tolist() == [6, 9, 9, 4, 1, 1, 2, 7, 8, 3]
     means = (train.column("image").float() / 255).mean((0, 1, 2))
@@ -54,6 +56,28 @@ def test_cifar10_subset_and_canonical_layout(tmp_path: Path) -> None:
     assert len(canonical) == 1500
     assert tl.datasets.cifar10("test", root=tmp_path, download=False).column("label")[:7].tolist() \
         == [6, 9, 9, 4, 1, 1, 2]
+
+
+def test_cifar10_reads_the_subset_only_when_asked(tmp_path: Path) -> None:
+    # The mirror has cifar-10-subset/ but no full set: without subset=True that is an error
+    # naming the full set's files and folder, and pointing at the option.
+    with pytest.raises(FileNotFoundError) as info:
+        tl.datasets.cifar10("test", root=DATA_ROOT, download=False)
+    message = str(info.value)
+    assert "cifar-10-binary.tar.gz" in message and "cifar-10-batches-bin/" in message
+    assert str(DATA_ROOT / "cifar-10") in message
+    assert str(DATA_ROOT / "cifar-10-subset") in message and "subset=True" in message
+    # Without a subset folder the option is not mentioned.
+    with pytest.raises(FileNotFoundError) as info:
+        tl.datasets.cifar10("test", root=tmp_path, download=False)
+    assert str(tmp_path / "cifar-10") in str(info.value) and "subset=True" not in str(info.value)
+    # Asked for, a missing subset names its file and folder.
+    with pytest.raises(FileNotFoundError) as info:
+        tl.datasets.cifar10("train", root=tmp_path, subset=True)
+    assert "data_batch_1_first4000.bin" in str(info.value)
+    assert str(tmp_path / "cifar-10-subset") in str(info.value)
+    test = tl.datasets.cifar10("test", root=DATA_ROOT, subset=True)
+    assert len(test) == 1000 and test.column("label")[:10].tolist() == [3, 8, 8, 0, 6, 6, 1, 6, 3, 1]
 
 
 def test_cifar10_truncated_record_file(tmp_path: Path) -> None:

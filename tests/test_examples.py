@@ -6,10 +6,13 @@ not into assertions. The longest runs are marked ``slow`` (``make test-slow``).
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import DATA_ROOT
 
 import trainingloop as tl
 from trainingloop.examples import Options, load, unigram_perplexity
@@ -93,3 +96,34 @@ def test_resnet_cifar10_subset_runs_end_to_end(tmp_path: Path) -> None:
     assert history["validation/accuracy"][-1] > 0.2  # 10 classes: well above chance
     assert 0.0 < history["validation/top5_accuracy"][-1] <= 1.0
     assert torch.isfinite(torch.tensor(history["train/loss"])).all()
+
+
+def test_resnet_cifar10_names_the_copy_it_reads(tmp_path: Path) -> None:
+    resnet = load("resnet-cifar10")
+    subset = str(DATA_ROOT / "cifar-10-subset")
+    with pytest.warns(UserWarning, match=re.escape(subset)):  # auto: no full set, so the subset
+        train, test = resnet.datasets(DATA_ROOT)
+    assert (len(train), len(test)) == (4000, 1000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # asked for by name: no warning
+        assert len(resnet.datasets(DATA_ROOT, "subset")[0]) == 4000
+    with pytest.raises(FileNotFoundError, match=r"cifar-10-binary\.tar\.gz.*subset=True"):
+        resnet.datasets(DATA_ROOT, "full")
+    with pytest.raises(ValueError, match="'full', 'subset' or 'auto'"):
+        resnet.datasets(DATA_ROOT, "half")
+
+
+def test_gpt_wikitext2_protocol_is_named(tmp_path: Path) -> None:
+    gpt = load("gpt-wikitext2")
+    folder = str(DATA_ROOT / "wikitext-2")
+    with pytest.warns(UserWarning, match=rf"wiki\.train\.tokens is not in {re.escape(folder)}"):
+        assert gpt.splits(DATA_ROOT) == ("validation", "test")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # chosen by name: no warning
+        assert gpt.splits(DATA_ROOT, "validation") == ("validation", "test")
+        assert gpt.splits(DATA_ROOT, "train") == ("train", "validation")
+        (tmp_path / "wikitext-2").mkdir()
+        (tmp_path / "wikitext-2" / "wiki.train.tokens").write_text(" = a = \n")
+        assert gpt.splits(tmp_path) == ("train", "validation")  # the standard protocol
+    with pytest.raises(ValueError, match="train_split"):
+        gpt.splits(DATA_ROOT, "test")

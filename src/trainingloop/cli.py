@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -53,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--compile", action="store_true")
     run.add_argument("--precision", default="32", choices=["32", "bf16-mixed", "16-mixed"])
     run.add_argument("--data-dir", help="data root (default: $TRAININGLOOP_DATA)")
+    run.add_argument("--set", action="append", default=[], metavar="NAME=VALUE", dest="extra",
+                     help="an option of the example's own (its EXTRA); repeatable")
     run.add_argument("--out", type=Path, help="output folder (default: run/EXAMPLE)")
     run.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     return parser
@@ -61,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``trainingloop`` script and ``python -m trainingloop``."""
     args = _parser().parse_args(argv)
-    from trainingloop.examples import EXAMPLES, Options, load
+    from trainingloop.examples import EXAMPLES, Options, load, parse_extra
 
     if args.command == "list":
         for name in EXAMPLES:
@@ -69,15 +70,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         module = load(args.example)
+        extra = parse_extra(args.example, args.extra)
     except ValueError as error:
         print(f"trainingloop: {error}", file=sys.stderr)
         return 2
-    if args.data_dir:
-        os.environ["TRAININGLOOP_DATA"] = args.data_dir
     options = Options(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                       device=args.device, compile=args.compile, precision=args.precision,
                       data_dir=args.data_dir, out=args.out or Path("run") / args.example,
-                      resume=args.resume)
+                      resume=args.resume, extra=extra)
     try:
         history = module.run(options)
     except FileNotFoundError as error:

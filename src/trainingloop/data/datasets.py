@@ -3,38 +3,34 @@
 Each reader looks under ``root`` (default ``$TRAININGLOOP_DATA``, else
 ``~/.cache/trainingloop``) in the data set's own folder, downloads missing files from the
 canonical source when ``download=True`` and ``$TRAININGLOOP_NO_DOWNLOAD`` is unset (checking a
-checksum, writing atomically), and
-otherwise fails with an error that names every missing file and the folder searched. A
-corrupt or truncated file is reported as such, never half-read.
+checksum, writing atomically), and otherwise fails with an error that names every missing file
+and the folder searched. A corrupt or truncated file is reported as such, never half-read.
 
 Images come as ``"image"`` (uint8, N×H×W×C) and ``"label"`` (int64). Language-modelling sets
 come as ``"input"``/``"target"`` token blocks shifted by one; CoLA as padded ``"tokens"`` and
 ``"label"``. The tokenizer of a text set is in ``dataset.attributes["tokenizer"]``.
+
+This module only assembles data sets. Finding and fetching files is
+:mod:`~trainingloop.data.download`, parsing them :mod:`~trainingloop.data.formats`, and the
+vocabulary :mod:`~trainingloop.data.tokenizer`; ``DataFileError``, ``Tokenizer``,
+``data_root`` and ``read_idx`` are importable from here as well.
 """
 
 from __future__ import annotations
 
-import gzip
-import hashlib
-import io
 import os
-import pickle
 import re
-import shutil
-import tarfile
-import tempfile
-import urllib.request
-import warnings
 import zipfile
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
+from trainingloop.data.download import DataFileError, data_root, require_files
+from trainingloop.data.formats import cifar_archive, cifar_pickle, cifar_records, cola_rows, read_idx
 from trainingloop.data.pipeline import ArrayDataset
+from trainingloop.data.tokenizer import Tokenizer
 
 __all__ = [
     "DataFileError",
@@ -49,77 +45,6 @@ __all__ = [
     "tiny_shakespeare",
     "wikitext2",
 ]
-
-
-class DataFileError(ValueError):
-    """A data file exists but is corrupt, truncated or not what it claims to be."""
-
-
-def data_root(root: str | os.PathLike[str] | None = None) -> Path:
-    """``root`` if given, else ``$TRAININGLOOP_DATA``, else ``~/.cache/trainingloop``."""
-    if root is not None:
-        return Path(root).expanduser()
-    env = os.environ.get("TRAININGLOOP_DATA")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "trainingloop"
-
-
-# -- files: finding, downloading, checking ----------------------------------------------------
-def _digest(path: Path, algorithm: str) -> str:
-    h = hashlib.new(algorithm)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _check(path: Path, checksum: str | None) -> None:
-    if checksum is None:
-        return
-    algorithm, expected = checksum.split(":")
-    actual = _digest(path, algorithm)
-    if actual != expected:
-        raise DataFileError(f"{path} is corrupt or truncated: {algorithm} {actual}, "
-                            f"expected {expected}")
-
-
-def _download(url: str, destination: Path, checksum: str | None) -> None:
-    """Fetch ``url`` to ``destination`` through a temporary file; check, then rename."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=destination.parent, prefix=destination.name + ".")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=60) as response:
-            shutil.copyfileobj(response, out)
-            out.flush()
-            os.fsync(out.fileno())
-        _check(Path(tmp), checksum)
-        os.replace(tmp, destination)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _require(
-    folder: Path, files: dict[str, tuple[str | None, str | None]], download: bool, hint: str
-) -> dict[str, Path]:
-    """Paths of ``files`` (name -> (url, checksum)) in ``folder``, downloading missing ones."""
-    missing = [name for name in files if not (folder / name).exists()]
-    failures: list[str] = []
-    if missing and download and not os.environ.get("TRAININGLOOP_NO_DOWNLOAD"):
-        for name in list(missing):
-            url, checksum = files[name]
-            if url is None:
-                continue
-            try:
-                _download(url, folder / name, checksum)
-                missing.remove(name)
-            except (OSError, DataFileError) as error:
-                failures.append(f"{name}: {error}")
-    if missing:
-        detail = f" (download failed: {'; '.join(failures)})" if failures else ""
-        raise FileNotFoundError(
-            f"missing data file(s) {missing} in folder {folder}{detail}. {hint}"
-        )
-    return {name: folder / name for name in files}
 
 
 # -- MNIST and Fashion-MNIST (idx) -----------------------------------------------------------
@@ -139,23 +64,6 @@ _FASHION_SHA = {
 }
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """Read a (gzipped) idx file; a bad magic number or a short file is a DataFileError."""
-    try:
-        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as error:
-        raise DataFileError(f"{path} is corrupt or truncated: {error}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-        raise DataFileError(f"{path} is not an unsigned-byte idx file (bad magic number)")
-    dims = raw[3]
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(dims))
-    body = raw[4 + 4 * dims:]
-    if len(body) != int(np.prod(shape)):
-        raise DataFileError(f"{path} is truncated: header says {shape} "
-                            f"({int(np.prod(shape))} bytes), body has {len(body)}")
-    return np.frombuffer(body, dtype=np.uint8).reshape(shape)
-
-
 def _idx_set(folder_name: str, url: str, sha: dict[str, str], split: str,
              root: str | os.PathLike[str] | None, download: bool) -> ArrayDataset:
     prefix = {"train": "train", "test": "t10k"}.get(split)
@@ -163,8 +71,8 @@ def _idx_set(folder_name: str, url: str, sha: dict[str, str], split: str,
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     names = [f"{prefix}-images-idx3-ubyte.gz", f"{prefix}-labels-idx1-ubyte.gz"]
     folder = data_root(root) / folder_name
-    paths = _require(folder, {n: (url + n, "sha256:" + sha[n]) for n in names}, download,
-                     f"Put the original idx .gz files of {folder_name} there.")
+    paths = require_files(folder, {n: (url + n, "sha256:" + sha[n]) for n in names}, download,
+                          f"Put the original idx .gz files of {folder_name} there.")
     images = read_idx(paths[names[0]])
     labels = read_idx(paths[names[1]])
     if len(images) != len(labels):
@@ -188,140 +96,54 @@ def fashion_mnist(split: str = "train", root: str | os.PathLike[str] | None = No
 # -- CIFAR-10 ---------------------------------------------------------------------------------
 _CIFAR_BIN = ("cifar-10-binary.tar.gz", "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz",
               "md5:c32a1d4ab5d03f1284b67883e8d87530")
-_CIFAR_RECORD = 3073
-
-
-def _cifar_records(raw: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
-    if len(raw) % _CIFAR_RECORD:
-        raise DataFileError(f"{name} is truncated: {len(raw)} bytes is not a whole number of "
-                            f"{_CIFAR_RECORD}-byte records")
-    records = np.frombuffer(raw, dtype=np.uint8).reshape(-1, _CIFAR_RECORD)
-    images = records[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return images, records[:, 0].astype(np.int64)
-
-
-class _ArrayUnpickler(pickle.Unpickler):
-    """Unpickles only the NumPy arrays, lists and dicts of CIFAR's python batches."""
-
-    _ALLOWED: ClassVar[set[tuple[str, str]]] = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-    }
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) not in self._ALLOWED:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a data file")
-        return super().find_class(module, name)
-
-
-def _cifar_pickle(raw: bytes, name: str) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        batch = _ArrayUnpickler(io.BytesIO(raw), encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError) as error:
-        raise DataFileError(f"{name} is corrupt or truncated: {error}") from None
-    data = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return data, np.asarray(batch[b"labels"], dtype=np.int64)
+_CIFAR_SUBSET = {"train": "data_batch_1_first4000.bin", "test": "test_batch_first1000.bin"}
+_CIFAR_HINT = ("Put cifar-10-batches-bin/ (data_batch_1..5.bin, test_batch.bin), "
+               "cifar-10-batches-py/ or cifar-10-binary.tar.gz there.")
 
 
 def cifar10(split: str = "train", root: str | os.PathLike[str] | None = None,
-            download: bool = True) -> ArrayDataset:
+            download: bool = True, subset: bool = False) -> ArrayDataset:
     """CIFAR-10: 50000 train / 10000 test images, uint8 N×32×32×3, labels 0-9.
 
     Reads ``cifar-10/cifar-10-batches-bin/`` (binary records), ``cifar-10/cifar-10-batches-py/``
     (python batches, unpickled with only NumPy arrays allowed) or the ``.tar.gz`` archive.
-    The offline mirror's ``cifar-10-subset/`` (first 4000 train, 1000 test) is used, with a
-    warning, when no full copy is present.
+    ``subset=True`` reads the offline mirror's ``cifar-10-subset/`` instead (the first 4000
+    train and 1000 test images, as binary records); it is read only when asked for.
     """
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     base = data_root(root)
-    folder = base / "cifar-10"
-    stems = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-    parts: list[tuple[np.ndarray, np.ndarray]]
-    if all((folder / "cifar-10-batches-bin" / f"{s}.bin").exists() for s in stems):
-        parts = [_cifar_records((folder / "cifar-10-batches-bin" / f"{s}.bin").read_bytes(), s)
-                 for s in stems]
-    elif all((folder / "cifar-10-batches-py" / s).exists() for s in stems):
-        parts = [_cifar_pickle((folder / "cifar-10-batches-py" / s).read_bytes(), s) for s in stems]
-    elif (base / "cifar-10-subset").is_dir() and not (folder / _CIFAR_BIN[0]).exists():
-        name = "data_batch_1_first4000.bin" if split == "train" else "test_batch_first1000.bin"
-        path = base / "cifar-10-subset" / name
-        if not path.exists():
-            raise FileNotFoundError(f"missing data file {name} in folder {path.parent}")
-        warnings.warn(f"using the CIFAR-10 subset {path}, not the full data set", stacklevel=2)
-        parts = [_cifar_records(path.read_bytes(), name)]
+    if subset:
+        name = _CIFAR_SUBSET[split]
+        path = require_files(base / "cifar-10-subset", {name: (None, None)}, False,
+                             "It is the offline mirror's partial copy of CIFAR-10.")[name]
+        parts = [cifar_records(path.read_bytes(), name)]
     else:
-        archive = _require(folder, {_CIFAR_BIN[0]: _CIFAR_BIN[1:]}, download,
-                           "Put cifar-10-batches-bin/ (data_batch_1..5.bin, test_batch.bin), "
-                           "cifar-10-batches-py/ or cifar-10-binary.tar.gz there.")[_CIFAR_BIN[0]]
-        try:
-            with tarfile.open(archive) as tar:
-                parts = []
-                for s in stems:
-                    member = tar.extractfile(f"cifar-10-batches-bin/{s}.bin")
-                    assert member is not None
-                    parts.append(_cifar_records(member.read(), s))
-        except (tarfile.TarError, EOFError, KeyError, OSError) as error:
-            raise DataFileError(f"{archive} is corrupt or truncated: {error}") from None
+        parts = _cifar10_full(base, split, download)
     images = np.concatenate([p[0] for p in parts])
     labels = np.concatenate([p[1] for p in parts])
     return ArrayDataset({"image": torch.from_numpy(np.ascontiguousarray(images)),
                          "label": torch.from_numpy(labels)})
 
 
+def _cifar10_full(base: Path, split: str, download: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The batches of ``split`` from whichever full copy ``base / "cifar-10"`` holds."""
+    folder = base / "cifar-10"
+    stems = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    if all((folder / "cifar-10-batches-bin" / f"{s}.bin").exists() for s in stems):
+        return [cifar_records((folder / "cifar-10-batches-bin" / f"{s}.bin").read_bytes(), s)
+                for s in stems]
+    if all((folder / "cifar-10-batches-py" / s).exists() for s in stems):
+        return [cifar_pickle((folder / "cifar-10-batches-py" / s).read_bytes(), s) for s in stems]
+    hint = _CIFAR_HINT
+    if (base / "cifar-10-subset").is_dir():
+        hint += (f" The partial copy in {base / 'cifar-10-subset'} is read only with "
+                 "subset=True.")
+    archive = require_files(folder, {_CIFAR_BIN[0]: _CIFAR_BIN[1:]}, download, hint)
+    return cifar_archive(archive[_CIFAR_BIN[0]], stems)
+
+
 # -- text -------------------------------------------------------------------------------------
-class Tokenizer:
-    """A vocabulary of characters or whitespace words, built from a training split.
-
-    >>> t = Tokenizer.build(["hello world"], level="word")
-    >>> t.decode(t.encode("hello world"))
-    'hello world'
-    """
-
-    PAD, UNK = "<pad>", "<unk>"
-
-    def __init__(self, tokens: Sequence[str], level: str) -> None:
-        if level not in ("char", "word"):
-            raise ValueError(f"level must be 'char' or 'word', got {level!r}")
-        self.level = level
-        self.tokens = list(tokens)
-        self.index = {token: i for i, token in enumerate(self.tokens)}
-
-    @classmethod
-    def build(cls, texts: Iterable[str], level: str = "word", specials: Sequence[str] = (
-            "<pad>", "<unk>")) -> Tokenizer:
-        """Vocabulary of ``texts``: the specials first, then by falling frequency."""
-        counts: Counter[str] = Counter()
-        for text in texts:
-            counts.update(cls.split(text, level))
-        ordered = sorted(counts, key=lambda t: (-counts[t], t))
-        return cls([*specials, *[t for t in ordered if t not in specials]], level)
-
-    @staticmethod
-    def split(text: str, level: str) -> list[str]:
-        """Characters, or whitespace-separated words."""
-        return list(text) if level == "char" else text.split()
-
-    def __len__(self) -> int:
-        return len(self.tokens)
-
-    def encode(self, text: str) -> list[int]:
-        """Token ids of ``text``; unknown tokens map to ``<unk>`` (if the vocabulary has it)."""
-        unk = self.index.get(self.UNK)
-        ids = []
-        for token in self.split(text, self.level):
-            i = self.index.get(token, unk)
-            if i is None:
-                raise KeyError(f"token {token!r} is not in the vocabulary")
-            ids.append(i)
-        return ids
-
-    def decode(self, ids: Iterable[int]) -> str:
-        """The text of ``ids``."""
-        joiner = "" if self.level == "char" else " "
-        return joiner.join(self.tokens[int(i)] for i in ids)
-
-
 def _blocks(ids: Sequence[int], block_size: int, tokenizer: Tokenizer) -> ArrayDataset:
     """Non-overlapping blocks: ``input`` ids[t:t+T] and ``target`` ids[t+1:t+T+1]."""
     stream = torch.tensor(ids, dtype=torch.int64)
@@ -346,8 +168,8 @@ def tiny_shakespeare(split: str = "train", root: str | os.PathLike[str] | None =
     if split not in ("train", "validation"):
         raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
     folder = data_root(root) / "tinyshakespeare"
-    path = _require(folder, {_SHAKESPEARE[0]: _SHAKESPEARE[1:]}, download,
-                    "Put Karpathy's input.txt there.")[_SHAKESPEARE[0]]
+    path = require_files(folder, {_SHAKESPEARE[0]: _SHAKESPEARE[1:]}, download,
+                         "Put Karpathy's input.txt there.")[_SHAKESPEARE[0]]
     text = path.read_text(encoding="utf-8")
     cut = int(len(text) * 0.9)
     tokenizer = Tokenizer.build([text[:cut]], level="char", specials=("<unk>",))
@@ -361,8 +183,9 @@ _WIKITEXT_FILES = {"train": "wiki.train.tokens", "validation": "wiki.valid.token
 
 def _wikitext_lines(folder: Path, split: str, download: bool) -> list[str]:
     name = _WIKITEXT_FILES[split]
-    path = _require(folder, {name: (None, None)}, download,
-                    "Put the tokenized WikiText-2 v1 files (wiki.{train,valid,test}.tokens) there.")
+    path = require_files(folder, {name: (None, None)}, download,
+                         "Put the tokenized WikiText-2 v1 files (wiki.{train,valid,test}.tokens) "
+                         "there.")
     return path[name].read_text(encoding="utf-8").splitlines()
 
 
@@ -393,16 +216,6 @@ _COLA_FILES = {"train": "in_domain_train.tsv", "validation": "in_domain_dev.tsv"
                "validation_out_of_domain": "out_of_domain_dev.tsv"}
 
 
-def _cola_rows(path: Path) -> list[tuple[int, str]]:
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        fields = line.split("\t")
-        if len(fields) != 4 or fields[1] not in ("0", "1"):
-            raise DataFileError(f"{path}:{number} is not a CoLA row (source, label, mark, text)")
-        rows.append((int(fields[1]), fields[3]))
-    return rows
-
-
 def _cola_words(text: str) -> str:
     return " ".join(re.findall(r"\w+|[^\w\s]", text.lower()))
 
@@ -420,18 +233,18 @@ def cola(split: str = "train", root: str | os.PathLike[str] | None = None,
     folder = data_root(root) / "cola" / "cola_public" / "raw"
     archive = data_root(root) / "cola" / "cola_public_1.1.zip"
     if not folder.is_dir() and download:
-        _require(archive.parent, {archive.name: (
+        require_files(archive.parent, {archive.name: (
             "https://nyu-mll.github.io/CoLA/cola_public_1.1.zip",
             "sha256:2cf856f46df11c143d38e0cf2f9f34ff2fdb088c521cd859f5c4b9581683278b")},
             download, "")
         with zipfile.ZipFile(archive) as z:
             z.extractall(archive.parent)
     names = {_COLA_FILES["train"]: (None, None), _COLA_FILES[split]: (None, None)}
-    paths = _require(folder, names, False, "Unzip CoLA's cola_public_1.1.zip into cola/.")
-    train_rows = _cola_rows(paths[_COLA_FILES["train"]])
+    paths = require_files(folder, names, False, "Unzip CoLA's cola_public_1.1.zip into cola/.")
+    train_rows = cola_rows(paths[_COLA_FILES["train"]])
     tokenizer = Tokenizer.build((_cola_words(t) for _, t in train_rows), level="word",
                                 specials=("<pad>", "<unk>", "<cls>"))
-    rows = train_rows if split == "train" else _cola_rows(paths[_COLA_FILES[split]])
+    rows = train_rows if split == "train" else cola_rows(paths[_COLA_FILES[split]])
     tokens = torch.zeros(len(rows), max_length, dtype=torch.int64)
     for i, (_, text) in enumerate(rows):
         ids = [2, *tokenizer.encode(_cola_words(text))][:max_length]

@@ -1,18 +1,21 @@
 """Examples that reproduce classic results; each module is a recipe a user can copy.
 
 Every example module defines ``DESCRIPTION``, ``DEFAULTS`` (epochs, batch size, learning rate)
-and ``run(options) -> History``. :data:`EXAMPLES` maps the command-line names to modules.
+and ``run(options) -> History``; one with options of its own lists them in ``EXTRA`` (name ->
+what it does), set from the command line with ``--set NAME=VALUE`` into ``Options.extra``.
+:data:`EXAMPLES` maps the command-line names to modules.
 """
 
 from __future__ import annotations
 
 import importlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-__all__ = ["EXAMPLES", "Options", "fit", "load", "outputs", "unigram_perplexity"]
+__all__ = ["EXAMPLES", "Options", "fit", "load", "outputs", "parse_extra", "unigram_perplexity"]
 
 EXAMPLES: dict[str, str] = {
     "digits": "trainingloop.examples.digits",
@@ -30,7 +33,12 @@ EXAMPLES: dict[str, str] = {
 
 @dataclass
 class Options:
-    """What ``trainingloop run`` passes to an example; None means the example's default."""
+    """What ``trainingloop run`` passes to an example; None means the example's default.
+
+    ``data_dir`` is the data root the example passes to the readers as ``root=`` (None: the
+    readers' default, ``$TRAININGLOOP_DATA`` or ``~/.cache/trainingloop``). ``extra`` holds the
+    example's own options (its ``EXTRA``); from the command line the values are strings.
+    """
 
     epochs: int | None = None
     batch_size: int | None = None
@@ -38,7 +46,7 @@ class Options:
     device: str = "auto"
     compile: bool = False
     precision: str = "32"
-    data_dir: str | None = None
+    data_dir: str | Path | None = None
     out: Path = Path("run")
     resume: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -57,6 +65,22 @@ def load(name: str) -> ModuleType:
     if name not in EXAMPLES:
         raise ValueError(f"unknown example {name!r}; examples: {', '.join(EXAMPLES)}")
     return importlib.import_module(EXAMPLES[name])
+
+
+def parse_extra(name: str, pairs: Sequence[str]) -> dict[str, str]:
+    """``--set`` pairs ``["key=value", ...]`` as a dict, checked against example ``name``'s
+    ``EXTRA``: a malformed pair or a name the example does not have is a ValueError."""
+    known: dict[str, str] = getattr(load(name), "EXTRA", {})
+    extra: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set takes NAME=VALUE, got {pair!r}")
+        if key not in known:
+            options = "; ".join(f"{k}: {v}" for k, v in known.items()) or "none"
+            raise ValueError(f"example {name!r} has no option {key!r} (its options: {options})")
+        extra[key] = value
+    return extra
 
 
 def outputs(options: Options, csv: bool = True, tensorboard: bool = True, plot: bool = True,

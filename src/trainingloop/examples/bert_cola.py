@@ -22,8 +22,8 @@ def run(options: Options) -> tl.History:
     """Train and return the History (``validation/mcc`` is the in-domain dev set's MCC)."""
     o = options.resolved(DEFAULTS)
     torch.manual_seed(0)
-    train = tl.datasets.cola("train", max_length=MAX_LENGTH)
-    dev = tl.datasets.cola("validation", max_length=MAX_LENGTH)
+    train = tl.datasets.cola("train", o.data_dir, max_length=MAX_LENGTH)
+    dev = tl.datasets.cola("validation", o.data_dir, max_length=MAX_LENGTH)
     vocabulary = len(train.attributes["tokenizer"])
     net = EncoderClassifier(vocabulary, classes=2, width=128, depth=2, heads=4,
                             max_length=MAX_LENGTH, dropout=0.2)

@@ -19,8 +19,8 @@ def run(options: Options) -> tl.History:
     """Train and return the History."""
     o = options.resolved(DEFAULTS)
     torch.manual_seed(0)
-    train = tl.datasets.tiny_shakespeare("train", block_size=BLOCK)
-    validation = tl.datasets.tiny_shakespeare("validation", block_size=BLOCK)
+    train = tl.datasets.tiny_shakespeare("train", o.data_dir, block_size=BLOCK)
+    validation = tl.datasets.tiny_shakespeare("validation", o.data_dir, block_size=BLOCK)
     net = GPT(len(train.attributes["tokenizer"]), width=128, depth=2, heads=4, block_size=BLOCK)
     loop = tl.TrainingLoop(train.shuffle(seed=0).batch(o.batch_size), validation.batch(256),
                            optimizer=torch.optim.AdamW(net.parameters(), lr=o.lr,

@@ -20,7 +20,7 @@ def run(options: Options) -> tl.History:
     torch.manual_seed(0)
     net = LeNet()
     net.apply(xavier_init)
-    train, test = data(o.batch_size)
+    train, test = data(o.batch_size, o.data_dir)
     loop = tl.TrainingLoop(train, test, optimizer=torch.optim.SGD(net.parameters(), lr=o.lr),
                            loss=nn.functional.cross_entropy, metrics=["accuracy"],
                            callbacks=outputs(o))

@@ -21,9 +21,9 @@ def run(options: Options) -> tl.History:
     torch.manual_seed(0)
     pixels = [tl.transforms.Rescale(1 / 255, 0), tl.transforms.Normalize(MEAN, STD),
               tl.transforms.HWC2CHW()]
-    train = (tl.datasets.mnist("train").map(pixels, "image").shuffle(seed=0)
+    train = (tl.datasets.mnist("train", o.data_dir).map(pixels, "image").shuffle(seed=0)
              .batch(o.batch_size, drop_remainder=True))
-    test = tl.datasets.mnist("test").map(pixels, "image").batch(o.batch_size)
+    test = tl.datasets.mnist("test", o.data_dir).map(pixels, "image").batch(o.batch_size)
     net = LeNet(activation=nn.ReLU)
     loop = tl.TrainingLoop(train, test, optimizer=torch.optim.SGD(net.parameters(), lr=o.lr),
                            loss=nn.functional.cross_entropy, metrics=["accuracy"],

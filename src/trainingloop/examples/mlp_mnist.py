@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -14,13 +16,14 @@ DEFAULTS = {"epochs": 2, "batch_size": 64, "lr": 1e-2}
 MEAN, STD = (0.1307,), (0.3081,)
 
 
-def data(batch_size: int) -> tuple[tl.data.ArrayDataset, tl.data.ArrayDataset]:
+def data(batch_size: int, root: str | os.PathLike[str] | None = None
+         ) -> tuple[tl.data.ArrayDataset, tl.data.ArrayDataset]:
     """The MindSpore pipeline: Rescale(1/255), Normalize(0.1307, 0.3081), HWC2CHW."""
     pixels = [tl.transforms.Rescale(1 / 255, 0), tl.transforms.Normalize(mean=MEAN, std=STD),
               tl.transforms.HWC2CHW()]
-    train = (tl.datasets.mnist("train").map(pixels, "image")
+    train = (tl.datasets.mnist("train", root).map(pixels, "image")
              .map(tl.transforms.TypeCast(torch.int64), "label").shuffle(seed=0).batch(batch_size))
-    test = tl.datasets.mnist("test").map(pixels, "image").batch(batch_size)
+    test = tl.datasets.mnist("test", root).map(pixels, "image").batch(batch_size)
     return train, test
 
 
@@ -29,7 +32,7 @@ def run(options: Options) -> tl.History:
     o = options.resolved(DEFAULTS)
     torch.manual_seed(0)
     net = MLP()
-    train, test = data(o.batch_size)
+    train, test = data(o.batch_size, o.data_dir)
     loop = tl.TrainingLoop(train, test, optimizer=torch.optim.SGD(net.parameters(), lr=o.lr),
                            loss=nn.functional.cross_entropy, metrics=["accuracy"],
                            callbacks=outputs(o))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from torch import nn
 
@@ -12,11 +14,12 @@ DESCRIPTION = "d2l softmax regression on Fashion-MNIST"
 DEFAULTS = {"epochs": 10, "batch_size": 256, "lr": 0.1}
 
 
-def data(batch_size: int) -> tuple[tl.data.ArrayDataset, tl.data.ArrayDataset]:
+def data(batch_size: int, root: str | os.PathLike[str] | None = None
+         ) -> tuple[tl.data.ArrayDataset, tl.data.ArrayDataset]:
     """Fashion-MNIST scaled to [0, 1] (d2l's ToTensor), channels first."""
     pixels = [tl.transforms.Rescale(1 / 255, 0), tl.transforms.HWC2CHW()]
-    train = tl.datasets.fashion_mnist("train").map(pixels, "image").shuffle(seed=0)
-    test = tl.datasets.fashion_mnist("test").map(pixels, "image")
+    train = tl.datasets.fashion_mnist("train", root).map(pixels, "image").shuffle(seed=0)
+    test = tl.datasets.fashion_mnist("test", root).map(pixels, "image")
     return train.batch(batch_size), test.batch(batch_size)
 
 
@@ -26,7 +29,7 @@ def run(options: Options) -> tl.History:
     torch.manual_seed(0)
     net = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
     nn.init.normal_(net[1].weight, std=0.01)
-    train, test = data(o.batch_size)
+    train, test = data(o.batch_size, o.data_dir)
     loop = tl.TrainingLoop(train, test, optimizer=torch.optim.SGD(net.parameters(), lr=o.lr),
                            loss=nn.functional.cross_entropy, metrics=["accuracy"],
                            callbacks=outputs(o))
