@@ -259,7 +259,11 @@ class TrainingLoop:
         self.model = model.to(self.device)
         self._handlers = resolve_handlers([])
         self._step = Step(self)
-        return self._run_phase(data, training=False, record=False)
+        was_training = model.training
+        try:
+            return self._run_phase(data, training=False, record=False)
+        finally:
+            model.train(was_training)  # as predict: the caller's model keeps its mode
 
     @torch.no_grad()
     def predict(
