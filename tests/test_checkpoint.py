@@ -55,6 +55,20 @@ def test_resume_after_sigkill_mid_epoch(tmp_path: Path, reference: Path) -> None
     assert (tmp_path / "log.csv").read_text() == (reference / "log.csv").read_text()
 
 
+def test_fp16_resume_restores_the_grad_scaler(tmp_path_factory: pytest.TempPathFactory,
+                                              tmp_path: Path) -> None:
+    fp16 = ("--precision", "16-mixed")
+    reference = tmp_path_factory.mktemp("reference-fp16")
+    _worker(reference, *fp16)
+    _worker(tmp_path, *fp16, "--kill", "38:BATCH_START", expect=-signal.SIGKILL)
+    last = (tmp_path / "checkpoints" / "last").resolve()
+    assert last.name == "epoch=0002-step=0000036"
+    scaler = torch.load(last / checkpointing.STATE, weights_only=True)["scaler"]
+    assert scaler["scale"] < 65536.0  # below the initial scale: early fp16 updates overflowed
+    _worker(tmp_path, *fp16, "--resume")
+    _assert_same(_weights(tmp_path), _weights(reference))
+
+
 def test_ctrl_c_leaves_a_loadable_checkpoint(tmp_path: Path, reference: Path) -> None:
     done = _worker(tmp_path, "--sigint", "40", expect=-signal.SIGINT)
     assert "KeyboardInterrupt" in done.stderr
