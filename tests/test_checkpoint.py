@@ -303,11 +303,17 @@ def test_rng_state_round_trip_replays_every_generator(tmp_path: Path) -> None:
 
 
 def test_save_writes_a_verified_manifest_and_replaces_an_entry(tmp_path: Path) -> None:
+    import time
+
     model = torch.nn.Linear(2, 1)
+    started = time.time_ns()
+    nested = checkpointing.save(tmp_path / "new" / "dirs", "n", model, {}, {})  # made on demand
+    assert checkpointing.verify(nested)["created_ns"] >= started
     path = checkpointing.save(tmp_path, "a", model, {"x": torch.arange(3)}, {"global_step": 7})
-    assert path == tmp_path / "a" and sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+    assert path == tmp_path / "a" and sorted(p.name for p in tmp_path.iterdir()) == ["a", "new"]
     manifest = checkpointing.verify(path)
     assert manifest["format"] == checkpointing.FORMAT and manifest["global_step"] == 7
+    assert started <= manifest["created_ns"] <= time.time_ns()
     for name in (checkpointing.WEIGHTS, checkpointing.STATE):
         assert manifest["files"][name] == {"size": (path / name).stat().st_size,
                                            "sha256": checkpointing._sha256(path / name)}
@@ -326,7 +332,7 @@ def test_save_writes_a_verified_manifest_and_replaces_an_entry(tmp_path: Path) -
                                weights={"weight": torch.ones(1, 2), "bias": torch.zeros(1)})
     checkpointing.load(given, restored)
     assert torch.equal(restored.weight, torch.ones(1, 2))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]  # no temporary left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "new"]  # no temporary left
 
 
 def test_a_failed_save_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -359,6 +365,8 @@ def test_verify_names_what_is_wrong(tmp_path: Path) -> None:
     (path / checkpointing.MANIFEST).write_text("{not json")
     with pytest.raises(checkpointing.CheckpointError, match="manifest.json is missing or corrupt"):
         checkpointing.verify(path)
+    (path / checkpointing.MANIFEST).write_text('{"format": 1}')  # lists no file: nothing to check
+    assert checkpointing.verify(path) == {"format": 1}
 
 
 def test_entries_newest_first_and_find_latest_prefers_last(tmp_path: Path) -> None:

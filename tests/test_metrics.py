@@ -316,3 +316,38 @@ def test_resolve_metrics_single_items_and_errors() -> None:
     with pytest.raises(ValueError, match="known names: \\['accuracy', 'loss', 'mcc', "
                                          "'perplexity', 'top5_accuracy'\\] or 'top<k>_accuracy'"):
         resolve_metrics(["top_accuracy"])
+
+
+def test_classification_metrics_over_a_time_axis_match_sklearn() -> None:
+    g = torch.Generator().manual_seed(7)
+    logits = torch.randn(6, 5, 4, generator=g)  # (batch, time, classes): a language model's
+    target = torch.randint(0, 4, (6, 5), generator=g)
+    flat_target, flat_pred = target.reshape(-1).numpy(), logits.argmax(-1).reshape(-1).numpy()
+    for metric, expected in [
+        (Accuracy(), accuracy_score(flat_target, flat_pred)),
+        (TopKAccuracy(2), top_k_accuracy_score(flat_target, logits.reshape(-1, 4).numpy(), k=2,
+                                               labels=range(4))),
+        (MatthewsCorrelation(), matthews_corrcoef(flat_target, flat_pred)),
+    ]:
+        metric.update(torch.tensor(0.0), logits[:4], target[:4])
+        metric.update(torch.tensor(0.0), logits[4:], target[4:])
+        assert metric.count == 30
+        assert metric.compute() == pytest.approx(expected, abs=1e-12), metric.name
+    one_hot = torch.nn.functional.one_hot(target, 4).float()  # one-hot targets over time
+    accuracy = Accuracy()
+    accuracy.update(torch.tensor(0.0), logits, one_hot)
+    assert accuracy.compute() == pytest.approx(accuracy_score(flat_target, flat_pred))
+    soft = one_hot * 0.7 + 0.1  # soft targets: the arg-max class counts
+    accuracy.reset()
+    accuracy.update(torch.tensor(0.0), logits, soft)
+    assert accuracy.compute() == pytest.approx(accuracy_score(flat_target, flat_pred))
+
+
+def test_one_logit_zero_is_the_negative_class() -> None:
+    for metric in (Accuracy(), MatthewsCorrelation()):  # logit 0 predicts 0, logit 1 predicts 1
+        metric.update(torch.tensor(0.0), torch.tensor([[0.0], [1.0]]), torch.tensor([0, 1]))
+        assert metric.compute() == 1.0, metric.name
+    per_time = Accuracy()  # (batch, time, 1) logits against (batch, time) targets
+    per_time.update(torch.tensor(0.0), torch.tensor([[[1.0], [-1.0], [2.0]]]),
+                    torch.tensor([[1, 0, 0]]))
+    assert per_time.compute() == pytest.approx(2 / 3)
