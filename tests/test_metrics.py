@@ -174,6 +174,11 @@ def test_loss_weights_by_output_without_target_and_is_nan_before_any_batch() -> 
     assert Accuracy().value(torch.tensor([0.0]), 0.0).item() == 0.0
     assert TopKAccuracy(2).value(torch.tensor([0.0]), 0.0).item() == 0.0
     assert Perplexity().value(torch.tensor([0.0]), 0.0).item() == 1.0
+    # one example divides by one
+    assert Loss().value(torch.tensor([3.0]), 1.0).item() == 3.0
+    assert Accuracy().value(torch.tensor([1.0]), 1.0).item() == 1.0
+    assert TopKAccuracy(2).value(torch.tensor([1.0]), 1.0).item() == 1.0
+    assert Perplexity().value(torch.tensor([2.0]), 1.0).item() == pytest.approx(math.exp(2.0))
 
 
 def test_accuracy_counts_and_rejects_shapes_that_do_not_match() -> None:

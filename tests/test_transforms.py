@@ -123,6 +123,8 @@ def test_random_crop_reaches_every_window_and_pads_channel_first() -> None:
     assert torch.equal(RandomCrop(4)(image), image)  # the whole image is the only window
     with pytest.raises(ValueError, match=r"size \(5, 5\) exceeds padded image \(4, 4\)"):
         RandomCrop(5)(image)
+    with pytest.raises(ValueError, match=r"size \(2, 5\) exceeds"):  # too wide only
+        RandomCrop((2, 5))(image)
     with pytest.raises(ValueError, match=r"\(4-d\), got shape \(4, 4, 1\)"):
         RandomCrop(2)(image[0])
 
