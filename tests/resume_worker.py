@@ -1,9 +1,12 @@
 """A small training run for the checkpoint tests, killed or interrupted on demand.
 
     python tests/resume_worker.py DIR [--resume] [--kill STEP:EVENT] [--sigint STEP]
+                                      [--precision P]
 
 EVENT is an event name (``BATCH_END``, ...) or ``SAVE`` (die half-way through writing the
-checkpoint of that step). The final weights go to ``DIR/final.pt``.
+checkpoint of that step). The final weights go to ``DIR/final.pt``. Under ``--precision
+16-mixed`` the first fp16 updates overflow at GradScaler's initial scale (65536), so the scale
+falls and those updates are skipped: a resume must restore the scaler to skip the same ones.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--kill")
     parser.add_argument("--sigint", type=int)
+    parser.add_argument("--precision", default="32")
     args = parser.parse_args()
     extra = []
     if args.kill:
@@ -85,7 +89,8 @@ def main() -> None:
 
         extra.append(interrupt)
     loop, model = build(args.dir, extra)
-    loop.fit(model, EPOCHS, device="cpu", resume=True if args.resume else None)
+    loop.fit(model, EPOCHS, device="cpu", resume=True if args.resume else None,
+             precision=args.precision)
     torch.save(model.state_dict(), args.dir / "final.pt")
     print("finished", loop.global_step, file=sys.stderr)
 

@@ -55,6 +55,20 @@ def test_resume_after_sigkill_mid_epoch(tmp_path: Path, reference: Path) -> None
     assert (tmp_path / "log.csv").read_text() == (reference / "log.csv").read_text()
 
 
+def test_fp16_resume_restores_the_grad_scaler(tmp_path_factory: pytest.TempPathFactory,
+                                              tmp_path: Path) -> None:
+    fp16 = ("--precision", "16-mixed")
+    reference = tmp_path_factory.mktemp("reference-fp16")
+    _worker(reference, *fp16)
+    _worker(tmp_path, *fp16, "--kill", "38:BATCH_START", expect=-signal.SIGKILL)
+    last = (tmp_path / "checkpoints" / "last").resolve()
+    assert last.name == "epoch=0002-step=0000036"
+    scaler = torch.load(last / checkpointing.STATE, weights_only=True)["scaler"]
+    assert scaler["scale"] < 65536.0  # below the initial scale: early fp16 updates overflowed
+    _worker(tmp_path, *fp16, "--resume")
+    _assert_same(_weights(tmp_path), _weights(reference))
+
+
 def test_ctrl_c_leaves_a_loadable_checkpoint(tmp_path: Path, reference: Path) -> None:
     done = _worker(tmp_path, "--sigint", "40", expect=-signal.SIGINT)
     assert "KeyboardInterrupt" in done.stderr
@@ -269,3 +283,136 @@ def test_dataloader_is_replayed_to_its_position(tmp_path: Path, randomness: str)
     run(tmp_path / "b", 11, False)  # checkpoint at step 8: epoch 2, batch 1 of 7
     assert os.readlink(tmp_path / "b" / "last") == "epoch=0002-step=0000008"
     _assert_same(run(tmp_path / "b", None, True).state_dict(), expected)
+
+
+# -- found by mutation testing (`make mutate`): the storage functions one by one ---------------
+def _entry(directory: Path, name: str, created_ns: int | None = None) -> Path:
+    model = torch.nn.Linear(2, 1)
+    path = checkpointing.save(directory, name, model, {"global_step": 1}, {"global_step": 1})
+    if created_ns is not None:
+        manifest = json.loads((path / checkpointing.MANIFEST).read_text())
+        manifest["created_ns"] = created_ns
+        (path / checkpointing.MANIFEST).write_text(json.dumps(manifest))
+    return path
+
+
+def test_rng_state_round_trip_replays_every_generator(tmp_path: Path) -> None:
+    import numpy as np
+
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    np.random.standard_normal()  # a cached Gaussian in NumPy's state
+    state = checkpointing.rng_state()
+    expected = (random.random(), np.random.standard_normal(), np.random.rand(), torch.rand(3))
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    torch.save(state, tmp_path / "rng.pt")  # weights-only loadable, as in state.pt
+    checkpointing.restore_rng(torch.load(tmp_path / "rng.pt", weights_only=True))
+    replayed = (random.random(), np.random.standard_normal(), np.random.rand(), torch.rand(3))
+    assert replayed[:3] == expected[:3] and torch.equal(replayed[3], expected[3])
+
+
+def test_save_writes_a_verified_manifest_and_replaces_an_entry(tmp_path: Path) -> None:
+    import time
+
+    model = torch.nn.Linear(2, 1)
+    started = time.time_ns()
+    nested = checkpointing.save(tmp_path / "new" / "dirs", "n", model, {}, {})  # made on demand
+    assert checkpointing.verify(nested)["created_ns"] >= started
+    path = checkpointing.save(tmp_path, "a", model, {"x": torch.arange(3)}, {"global_step": 7})
+    assert path == tmp_path / "a" and sorted(p.name for p in tmp_path.iterdir()) == ["a", "new"]
+    manifest = checkpointing.verify(path)
+    assert manifest["format"] == checkpointing.FORMAT and manifest["global_step"] == 7
+    assert started <= manifest["created_ns"] <= time.time_ns()
+    for name in (checkpointing.WEIGHTS, checkpointing.STATE):
+        assert manifest["files"][name] == {"size": (path / name).stat().st_size,
+                                           "sha256": checkpointing._sha256(path / name)}
+    import hashlib
+
+    data = (path / checkpointing.STATE).read_bytes()
+    assert checkpointing._sha256(path / checkpointing.STATE) == hashlib.sha256(data).hexdigest()
+    with torch.no_grad():
+        model.weight.fill_(2.0)
+    checkpointing.save(tmp_path, "a", model, {"x": torch.arange(4)}, {"global_step": 8})
+    restored = torch.nn.Linear(2, 1)
+    state = checkpointing.load(path, restored)
+    assert torch.equal(state["x"], torch.arange(4)) and torch.equal(restored.weight,
+                                                                     torch.full((1, 2), 2.0))
+    given = checkpointing.save(tmp_path, "b", model, {}, {},
+                               weights={"weight": torch.ones(1, 2), "bias": torch.zeros(1)})
+    checkpointing.load(given, restored)
+    assert torch.equal(restored.weight, torch.ones(1, 2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "new"]  # no temporary left
+
+
+def test_a_failed_save_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(path: Path) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpointing, "_fsync", broken)
+    with pytest.raises(OSError, match="disk full"):
+        checkpointing.save(tmp_path, "a", torch.nn.Linear(2, 1), {}, {})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_verify_names_what_is_wrong(tmp_path: Path) -> None:
+    with pytest.raises(checkpointing.CheckpointError, match="is not a checkpoint folder"):
+        checkpointing.verify(tmp_path / "nothing")
+    path = _entry(tmp_path, "a")
+    state = path / checkpointing.STATE
+    original = state.read_bytes()
+    state.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # same size, one bit flipped
+    with pytest.raises(checkpointing.CheckpointError, match="sha256 does not match"):
+        checkpointing.verify(path)
+    state.write_bytes(original + b"x")
+    with pytest.raises(checkpointing.CheckpointError,
+                       match=rf"truncated or corrupt: {len(original) + 1} bytes, expected "
+                             rf"{len(original)}"):
+        checkpointing.verify(path)
+    state.unlink()
+    with pytest.raises(checkpointing.CheckpointError, match="state.pt is missing"):
+        checkpointing.verify(path)
+    (path / checkpointing.MANIFEST).write_text("{not json")
+    with pytest.raises(checkpointing.CheckpointError, match="manifest.json is missing or corrupt"):
+        checkpointing.verify(path)
+    (path / checkpointing.MANIFEST).write_text('{"format": 1}')  # lists no file: nothing to check
+    assert checkpointing.verify(path) == {"format": 1}
+
+
+def test_entries_newest_first_and_find_latest_prefers_last(tmp_path: Path) -> None:
+    assert checkpointing.entries(tmp_path / "none") == []
+    old, new = _entry(tmp_path, "old", created_ns=1), _entry(tmp_path, "new", created_ns=2)
+    broken = tmp_path / "broken"
+    broken.mkdir()  # no manifest: the oldest
+    (tmp_path / ".tmp-half").mkdir()  # a temporary is no entry
+    (tmp_path / "file").write_text("")
+    checkpointing.link_atomically(tmp_path / "alias", "new")  # a link is no entry
+    assert checkpointing.entries(tmp_path) == [new, old, broken]
+    assert checkpointing.find_latest(tmp_path) == new
+    checkpointing.link_atomically(tmp_path / "last", "old")
+    assert os.readlink(tmp_path / "last") == "old"
+    assert checkpointing.find_latest(tmp_path) == old  # `last` first, whatever the clocks say
+    checkpointing.link_atomically(tmp_path / "last", "new")  # replaced, not a second link
+    assert os.readlink(tmp_path / "last") == "new"
+    assert not (tmp_path / ".last.tmp").exists()
+    (new / checkpointing.WEIGHTS).write_bytes(b"")
+    with pytest.warns(RuntimeWarning, match="skipping damaged checkpoint.*new"):
+        assert checkpointing.find_latest(tmp_path) == old
+    (old / checkpointing.MANIFEST).unlink()
+    with pytest.warns(RuntimeWarning), pytest.raises(checkpointing.CheckpointError,
+                                                     match="no intact checkpoint"):
+        checkpointing.find_latest(tmp_path)
+
+
+def test_unwrap_strips_compile_wrappers() -> None:
+    class Wrapper(torch.nn.Module):  # a wrapper of a wrapper, as compile inside compile
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self._orig_mod = inner
+
+    model = torch.nn.Linear(2, 1)
+    assert checkpointing.unwrap(model) is model
+    assert checkpointing.unwrap(torch.compile(model)) is model
+    assert checkpointing.unwrap(Wrapper(Wrapper(model))) is model

@@ -267,3 +267,79 @@ def test_predict_runs_under_the_fits_precision() -> None:
     loop.fit(model, epochs=1, device="cpu", precision="bf16-mixed")
     outputs = loop.predict(model, classification_batches(2), device="cpu")
     assert [o.dtype for o in outputs] == [torch.bfloat16] * 2
+
+
+# -- modes: train for training batches, eval and no grad everywhere else ------------------------
+class _ModeSpy(torch.nn.Module):
+    """A linear classifier that records ``(training, child training, grad enabled)`` per forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = torch.nn.Linear(5, 3)
+        self.seen: list[tuple[bool, bool, bool]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append((self.training, self.linear.training, torch.is_grad_enabled()))
+        return self.linear(x)
+
+
+TRAIN, EVAL = (True, True, True), (False, False, False)
+
+
+def test_fit_trains_in_train_mode_and_validates_in_eval_mode_without_grad() -> None:
+    model = _ModeSpy()
+    phases: list[str] = []
+    loop = tl.TrainingLoop(classification_batches(3), classification_batches(2, seed=1),
+                           optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                           loss=torch.nn.functional.cross_entropy, include_default_callbacks=False,
+                           callbacks=[lambda lp, ev: phases.append("t" if lp.is_training else "v")
+                                      if ev is tl.Event.BATCH_START else None])
+    loop.fit(model, epochs=2, device="cpu")
+    assert "".join(phases) == "tttvv" * 2
+    # epoch 2's training batches come after a validation pass: train mode again
+    assert model.seen == [TRAIN] * 3 + [EVAL] * 2 + [TRAIN] * 3 + [EVAL] * 2
+
+
+@pytest.mark.parametrize("train_mode", [True, False])
+def test_evaluate_and_predict_run_in_eval_mode_and_restore_the_mode(train_mode: bool) -> None:
+    model = _ModeSpy()
+    model.train(train_mode)
+    data = classification_batches(3)
+    loop = tl.TrainingLoop(data, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                           loss=torch.nn.functional.cross_entropy, include_default_callbacks=False)
+    loop.evaluate(model, data, device="cpu")
+    assert model.seen == [EVAL] * 3
+    assert (model.training, model.linear.training) == (train_mode, train_mode)
+    model.seen.clear()
+    loop.predict(model, data, device="cpu")
+    assert model.seen == [EVAL] * 3
+    assert (model.training, model.linear.training) == (train_mode, train_mode)
+    assert torch.is_grad_enabled()
+
+
+def test_evaluate_twice_with_dropout_and_batchnorm_is_repeatable_and_changes_no_buffer() -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.BatchNorm1d(16), torch.nn.ReLU(),
+                                torch.nn.Dropout(0.5), torch.nn.Linear(16, 3))
+    train, val = classification_batches(6, batch=8), classification_batches(3, batch=8, seed=1)
+    loop = tl.TrainingLoop(train, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                           loss=torch.nn.functional.cross_entropy, metrics=["accuracy"],
+                           include_default_callbacks=False)
+    loop.fit(model, epochs=1, device="cpu")  # running statistics away from their initial values
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    assert int(before["1.num_batches_tracked"]) == 6
+    first = loop.evaluate(model, val, device="cpu")
+    second = loop.evaluate(model, val, device="cpu")
+    assert first == second
+    after = model.state_dict()
+    for key, value in before.items():
+        assert torch.equal(after[key], value), key
+    # the reference: the same model in eval mode by hand, dropout off, running statistics used
+    model.eval()
+    with torch.no_grad():
+        x, y = torch.cat([b[0] for b in val]), torch.cat([b[1] for b in val])
+        logits = model(x)
+    assert first["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(),
+                                          rel=1e-6)
+    assert first["accuracy"] == pytest.approx((logits.argmax(1) == y).float().mean().item())

@@ -93,6 +93,29 @@ def test_fp16_mixed_uses_a_grad_scaler() -> None:
     assert history["train/loss"][-1] < history["train/loss"][0]
 
 
+def test_fp16_mixed_runs_the_forward_in_float16_with_float32_master_weights() -> None:
+    model = _mlp()
+    inside: list[tuple[torch.dtype, torch.dtype]] = []  # (Linear output, its weight) per forward
+    model[0].register_forward_hook(
+        lambda module, args, output: inside.append((output.dtype, module.weight.dtype)))
+    grads: list[torch.dtype] = []
+    batches = classification_batches(6, batch=16)
+    loop = tl.TrainingLoop(batches, classification_batches(2, batch=16, seed=1),
+                           optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
+                           loss=torch.nn.functional.cross_entropy,
+                           include_default_callbacks=False,
+                           callbacks=[lambda lp, ev: grads.extend(p.grad.dtype for p in
+                                                                  lp.model.parameters())
+                                      if ev is tl.Event.UPDATE_START else None])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loop.fit(model, epochs=2, device="cpu", precision="16-mixed")
+    assert inside == [(torch.float16, torch.float32)] * (2 * (6 + 2))  # training and validation
+    assert set(grads) == {torch.float32} and len(grads) == 2 * 6 * 4
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert loop.last_output.dtype == torch.float16
+
+
 def test_accumulating_four_batches_of_16_equals_one_of_64() -> None:
     big = classification_batches(3, batch=64, seed=4)
     small = [(x[i:i + 16], y[i:i + 16]) for x, y in big for i in range(0, 64, 16)]

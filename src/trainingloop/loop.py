@@ -242,13 +242,17 @@ class TrainingLoop:
         """
         if self.loss is None and self._custom is None:
             raise ValueError("evaluate() needs the loop's loss=...")
+        was_training = model.training
         with self._borrowed_state():
             self.device = resolve_device(device)
             self.model = model.to(self.device)
             self.metrics = [copy.deepcopy(m) for m in self.metrics]
             self._handlers, self._deferred = resolve_handlers([]), []
             self._step = self._make_step(self.model, self._options, self._custom, inference=True)
-            self._run_phase(_VALIDATION, data, record=False)
+            try:
+                self._run_phase(_VALIDATION, data, record=False)
+            finally:
+                model.train(was_training)  # as predict: the caller's model keeps its mode
             assert self._phase_stats is not None
             return dict(self._phase_stats)
 
