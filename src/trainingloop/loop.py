@@ -40,7 +40,7 @@ from trainingloop.events import (
     NonFiniteLossError,
 )
 from trainingloop.history import History
-from trainingloop.metrics import Metric, batch_size, resolve_metrics
+from trainingloop.metrics import Metric, batch_size, resolve_metrics, update_metrics
 from trainingloop.step import BatchError, Step
 
 __all__ = ["TrainingLoop"]
@@ -163,6 +163,7 @@ class TrainingLoop:
         self._deferred: list[Callable[[], None]] = []
         self._warming_up = False
         self._skipped = 0
+        self._padding: distributed.Padding | None = None
 
     # -- public API ----------------------------------------------------------------------------
     def fit(
@@ -439,9 +440,7 @@ class TrainingLoop:
         if not resumed:
             self.history.epochs.append({"epoch": self.epoch_index + 1})
         for data in (self._train_data, self._val_data):
-            set_epoch = getattr(data, "set_epoch", None)
-            if callable(set_epoch):
-                set_epoch(self.epoch_index)
+            distributed.set_epoch(data, self.epoch_index)  # or its (Distributed)Sampler's
         try:
             self._fire(Event.EPOCH_START)
             if not (self._resume is not None and self._resume["phase"] == "validation"):
@@ -496,6 +495,7 @@ class TrainingLoop:
         for metric in self.metrics:
             metric.reset()
         tape = self._tape = _LossTape() if training else None
+        self._padding = distributed.padding(data)  # a shard's padding: left out of the metrics
         examples = batches = 0
         started = time.perf_counter()
         try:
@@ -551,8 +551,8 @@ class TrainingLoop:
             else:
                 loss, self.last_output = self._step.infer()
             self.last_loss = loss
-            for metric in self.metrics:
-                metric.update(loss, self.last_output, self.last_target)
+            rows = None if self._padding is None else self._padding.rows(self.batch_index)
+            update_metrics(self.metrics, loss, self.last_output, self.last_target, rows, self.loss)
             examples = batch_size(self.last_target) or batch_size(self.last_input)
         except CancelBatch:
             pass

@@ -199,6 +199,11 @@ class Step:
         last = loop.batch_count is not None and loop.batch_index + 1 >= loop.batch_count
         updating = self.pending + 1 >= self.accumulate or last
         no_sync = getattr(self.model, "no_sync", None)
+        if no_sync is None and self.accumulate > 1:
+            # FSDP2 has no no_sync: it reduce-scatters only when gradient sync is required.
+            set_sync = getattr(self.model, "set_requires_gradient_sync", None)
+            if set_sync is not None:
+                set_sync(updating)
         # DDP all-reduces gradients only on the micro-batch that updates.
         with no_sync() if (no_sync is not None and not updating) else contextlib.nullcontext():
             scaled.backward()
