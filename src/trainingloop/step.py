@@ -190,11 +190,6 @@ class Step:
     # -- the steps ---------------------------------------------------------------------------
     def train(self) -> tuple[Tensor, Any]:
         """Forward, loss, backward; the update every ``accumulate`` batches. Returns loss, output."""
-        with self.autocast:
-            loss, output = self._train_forward()
-        scaled = loss / self.accumulate if self.accumulate > 1 else loss
-        if self.scaler is not None:
-            scaled = self.scaler.scale(scaled)
         loop = self.loop
         last = loop.batch_count is not None and loop.batch_index + 1 >= loop.batch_count
         updating = self.pending + 1 >= self.accumulate or last
@@ -204,8 +199,14 @@ class Step:
             set_sync = getattr(self.model, "set_requires_gradient_sync", None)
             if set_sync is not None:
                 set_sync(updating)
-        # DDP all-reduces gradients only on the micro-batch that updates.
+        # DDP all-reduces gradients only on the micro-batch that updates. It decides in the
+        # forward whether the next backward syncs, so no_sync must span the forward too.
         with no_sync() if (no_sync is not None and not updating) else contextlib.nullcontext():
+            with self.autocast:
+                loss, output = self._train_forward()
+            scaled = loss / self.accumulate if self.accumulate > 1 else loss
+            if self.scaler is not None:
+                scaled = self.scaler.scale(scaled)
             scaled.backward()
         self.pending += 1
         if updating:
