@@ -229,6 +229,9 @@ def test_shard_wraps_other_samplers_and_set_epoch_reaches_them() -> None:
         [1.0] * 5, 5, generator=torch.Generator().manual_seed(0)))
     assert list(sharded.sampler) == (full + full[:1])[1::2]  # rank 1 of the padded order
     assert distributed.padding(sharded) == distributed.Padding(real=2, batch_size=2)
+    drawn = torch.utils.data.RandomSampler(data, replacement=True, num_samples=9)
+    assert isinstance(distributed.shard(DataLoader(data, sampler=drawn)).sampler,
+                      distributed.ShardedSampler)  # 9 draws with replacement, not a permutation
 
     class Epochs(torch.utils.data.Sampler[int]):
         def __init__(self) -> None:

@@ -158,7 +158,8 @@ def shard(data: Any) -> Any:
     - A DataLoader over a map-style dataset is rebuilt with every setting the user gave it
       (workers, ``generator``, ``worker_init_fn``, ``collate_fn``, ...) and a
       ``DistributedSampler`` in place of its random or sequential sampler (shuffling iff it
-      was random); any other sampler is wrapped in :class:`ShardedSampler`. A DataLoader that
+      was random); any other sampler (with replacement too) is wrapped in
+      :class:`ShardedSampler`. A DataLoader that
       already has a DistributedSampler, a custom ``batch_sampler`` or an iterable dataset is
       used as it is: it is taken to shard itself.
     - Any other iterable is used as it is: every rank sees all of it.
@@ -179,8 +180,7 @@ def shard(data: Any) -> Any:
         raise TypeError(
             f"cannot shard a {type(data).__name__} (a DataLoader subclass with its own __init__) "
             "for several processes: give it a torch.utils.data.DistributedSampler yourself")
-    if isinstance(data.sampler, (torch.utils.data.RandomSampler,
-                                 torch.utils.data.SequentialSampler)):
+    if _plain_sampler(data.sampler):
         sampler: Any = DistributedSampler(
             data.dataset, num_replicas=world_size(), rank=rank(),
             shuffle=isinstance(data.sampler, torch.utils.data.RandomSampler),
@@ -191,6 +191,15 @@ def shard(data: Any) -> Any:
                 if name not in _REPLACED and hasattr(data, name)}
     return type(data)(data.dataset, batch_size=data.batch_size, sampler=sampler,
                       drop_last=data.drop_last, **settings)
+
+
+def _plain_sampler(sampler: Any) -> bool:
+    """Whether a DistributedSampler visits what ``sampler`` does: a SequentialSampler, or a
+    RandomSampler of one permutation (not one drawing with replacement or a custom count)."""
+    if type(sampler) is torch.utils.data.SequentialSampler:
+        return True
+    return type(sampler) is torch.utils.data.RandomSampler and not sampler.replacement \
+        and sampler._num_samples is None
 
 
 # Settings of a DataLoader that shard() sets itself rather than copying.
