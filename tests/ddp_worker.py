@@ -1,9 +1,12 @@
 """Data-parallel training for the distributed tests; run under torch.distributed.run.
 
     python -m torch.distributed.run --nproc-per-node 2 tests/ddp_worker.py DIR [--batch 8]
-        [--strategy ddp|fsdp] [--kill STEP] [--resume] [--accumulate K]
+        [--strategy ddp|fsdp] [--kill STEP] [--resume] [--accumulate K] [--count-syncs]
 
 Writes ``DIR/final.pt`` (rank 0) and ``DIR/history.json``; also runnable as one process.
+``--count-syncs`` counts the gradient collectives (DDP's all-reduces through a communication
+hook, FSDP2's reduce-scatters by patching ``torch.distributed.reduce_scatter_single``) and
+writes ``DIR/syncs-rank<r>.json``: ``{"collectives": n, "updates": optimizer updates}``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ def main() -> None:
     parser.add_argument("--kill", type=int)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--accumulate", type=int, default=1)
+    parser.add_argument("--count-syncs", action="store_true")
     args = parser.parse_args()
     own_group = args.strategy == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1
     if own_group:  # keep the group after fit: gathering FSDP's shards needs it
@@ -51,6 +55,29 @@ def main() -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
 
         callbacks.append(kill)
+    collectives = 0
+    if args.count_syncs and args.strategy == "fsdp":
+        reduce_scatter = torch.distributed.reduce_scatter_single  # what FSDP2 calls on gloo
+
+        def counting(*a: object, **k: object) -> object:
+            nonlocal collectives
+            collectives += 1
+            return reduce_scatter(*a, **k)
+
+        torch.distributed.reduce_scatter_single = counting  # type: ignore[assignment]
+    elif args.count_syncs:
+        from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+        def count(state, bucket):  # type: ignore[no-untyped-def] # DDP checks annotations
+            nonlocal collectives
+            collectives += 1
+            return allreduce_hook(state, bucket)  # type: ignore[arg-type]
+
+        def register(loop: tl.TrainingLoop, event: tl.Event) -> None:
+            if event is tl.Event.FIT_START:
+                loop.model.register_comm_hook(None, count)  # type: ignore[union-attr,operator]
+
+        callbacks.append(register)
     loop = tl.TrainingLoop(train, validation,
                            optimizer=torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9),
                            loss=torch.nn.functional.cross_entropy, metrics=["accuracy", "mcc"],
@@ -63,6 +90,9 @@ def main() -> None:
     if distributed.is_main_process():
         torch.save(state, args.dir / "final.pt")
         (args.dir / "history.json").write_text(json.dumps(history.epochs))
+    if args.count_syncs:  # one file per rank: two ranks never write one file
+        (args.dir / f"syncs-rank{os.environ.get('RANK', '0')}.json").write_text(
+            json.dumps({"collectives": collectives, "updates": loop.global_step}))
     print(f"rank {os.environ.get('RANK', '0')}: results written", flush=True)
     if own_group:
         # Drop FSDP's state (and any collective handles it keeps) while the group is alive,

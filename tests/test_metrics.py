@@ -356,3 +356,36 @@ def test_one_logit_zero_is_the_negative_class() -> None:
     per_time.update(torch.tensor(0.0), torch.tensor([[[1.0], [-1.0], [2.0]]]),
                     torch.tensor([[1, 0, 0]]))
     assert per_time.compute() == pytest.approx(2 / 3)
+
+
+def test_update_metrics_counts_only_the_real_rows(multiclass: tuple) -> None:
+    """A batch whose tail is a distributed shard's padding: the metrics, the loss (recomputed on
+    the real rows) and torchmetrics see the real rows only; a batch of padding alone, nothing."""
+    logits, target = multiclass
+    cross_entropy = torch.nn.functional.cross_entropy
+    metrics = resolve_metrics(["accuracy", "mcc",
+                               torchmetrics.classification.MulticlassAccuracy(6, average="micro")])
+    for metric in metrics:
+        metric.reset()
+    padded_out, padded_y = torch.cat([logits[10:], logits[:4]]), torch.cat([target[10:],
+                                                                           target[:4]])
+    tl.metrics.update_metrics(metrics, cross_entropy(logits[:10], target[:10]), logits[:10],
+                              target[:10])
+    tl.metrics.update_metrics(metrics, cross_entropy(padded_out, padded_y), padded_out, padded_y,
+                              rows=len(target) - 10, loss_fn=cross_entropy)
+    tl.metrics.update_metrics(metrics, cross_entropy(logits[:3], target[:3]), logits[:3],
+                              target[:3], rows=0, loss_fn=cross_entropy)
+    predicted = logits.argmax(1).numpy()
+    assert metrics[0].compute() == pytest.approx(float(cross_entropy(logits.double(), target)))
+    assert metrics[1].compute() == pytest.approx(accuracy_score(target.numpy(), predicted))
+    assert metrics[2].compute() == pytest.approx(matthews_corrcoef(target.numpy(), predicted))
+    assert metrics[3].compute() == pytest.approx(accuracy_score(target.numpy(), predicted))
+
+
+def test_take_rows_slices_nested_batches() -> None:
+    batch = {"x": torch.arange(6).view(3, 2), "pair": (torch.arange(3), [torch.ones(3, 1)]),
+             "scalar": torch.tensor(2.0), "name": "kept"}
+    taken = tl.metrics.take_rows(batch, 2)
+    assert taken["x"].tolist() == [[0, 1], [2, 3]] and taken["pair"][0].tolist() == [0, 1]
+    assert isinstance(taken["pair"], tuple) and taken["pair"][1][0].shape == (2, 1)
+    assert taken["scalar"].item() == 2.0 and taken["name"] == "kept"

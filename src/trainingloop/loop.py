@@ -46,7 +46,7 @@ from trainingloop.events import (
     ends_within,
 )
 from trainingloop.history import History
-from trainingloop.metrics import Metric, Tape, batch_size, resolve_metrics
+from trainingloop.metrics import Metric, Tape, batch_size, resolve_metrics, update_metrics
 from trainingloop.resume import Phase, Position
 from trainingloop.step import BatchError, LossFunction, Step, StepOptions
 
@@ -176,6 +176,7 @@ class TrainingLoop:
         self._plan: resume.Plan | None = None  # set by a resume until its phase has run
         self._losses: Tape | None = None  # this training phase's losses, to find a NaN
         self._warming_up = False
+        self._padding: distributed.Padding | None = None  # a shard's, kept out of metrics
 
     # -- public API ----------------------------------------------------------------------------
     def fit(
@@ -386,8 +387,9 @@ class TrainingLoop:
             self.last_loss, output = self._step.infer(
                 self.last_input, self.last_target, where=f"validation batch {self.batch_index}",
                 on_prediction=self._on_prediction)
-        for metric in self.metrics:
-            metric.update(self.last_loss, self.last_output, self.last_target)
+        rows = None if self._padding is None else self._padding.rows(self.batch_index)
+        update_metrics(self.metrics, self.last_loss, self.last_output, self.last_target, rows,
+                       self.loss)
         run.examples += batch_size(self.last_target) or batch_size(self.last_input)
 
     def _update(self) -> None:
@@ -457,6 +459,7 @@ class TrainingLoop:
         if training and self._plan is None:
             self._epoch_rng = checkpointing.rng_state(self._generators)
         self._losses = Tape() if training else None
+        self._padding = distributed.padding(data)  # a shard's padding: left out of the metrics
         return _PhaseRun(data, record, started=time.perf_counter(), losses=self._losses)
 
     def _batches(self, data: Iterable[Any], training: bool) -> Iterator[tuple[int, Any]]:
@@ -506,9 +509,7 @@ class TrainingLoop:
         if not (self.history.epochs and self.history.epochs[-1]["epoch"] == self.epoch_index + 1):
             self.history.epochs.append({"epoch": self.epoch_index + 1})
         for data in (self._train_data, self._val_data):
-            set_epoch = getattr(data, "set_epoch", None)
-            if callable(set_epoch):
-                set_epoch(self.epoch_index)
+            distributed.set_epoch(data, self.epoch_index)  # or its (Distributed)Sampler's
 
     def _check_finite(self, stats: dict[str, float], losses: Tape | None) -> None:
         """Raise NonFiniteLossError naming the first bad batch if the phase's loss is not finite."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -31,6 +32,8 @@ __all__ = [
     "TorchMetric",
     "batch_size",
     "resolve_metrics",
+    "take_rows",
+    "update_metrics",
 ]
 
 
@@ -222,17 +225,25 @@ def _snake_case(name: str) -> str:
 
 
 class TorchMetric(Metric):
-    """Adapter for a ``torchmetrics.Metric``: called as ``metric(output, target)``."""
+    """Adapter for a ``torchmetrics.Metric``: called as ``metric(output, target)``.
+
+    Running values (display, logs) are computed from this rank's states alone, never
+    gathered: a rank-0-only callback must not enter a collective. :meth:`synchronize`, which
+    every rank calls once at a phase end, gathers the states and keeps the global value for
+    the rest of the phase.
+    """
 
     def __init__(self, metric: Any) -> None:
         super().__init__()
         self.metric = metric
         self.name = getattr(metric, "name", None) or _snake_case(type(metric).__name__)
         self._updated = False
+        self._global: Tensor | None = None
 
     def reset(self) -> None:
         self.metric.reset()
         self._updated = False
+        self._global = None
 
     def update(self, loss: Tensor, output: Any, target: Any) -> None:
         output = output.detach() if isinstance(output, Tensor) else output
@@ -240,12 +251,77 @@ class TorchMetric(Metric):
             self.metric.to(output.device)
         self.metric.update(output, target)
         self._updated = True
+        self._global = None
+
+    def _compute(self, gather: bool) -> Tensor:
+        """torchmetrics' ``compute()``, gathering the states first iff ``gather`` (it restores
+        the local ones after), and leaving no cached value behind for a later call."""
+        metric = self.metric
+        if not hasattr(metric, "_to_sync"):  # a look-alike without torchmetrics' sync: local
+            value = metric.compute()
+            return value if isinstance(value, Tensor) else torch.tensor(float(value))
+        wanted = metric._to_sync  # torchmetrics: whether compute() gathers (sync_on_compute)
+        metric._to_sync, metric._computed = gather, None
+        try:
+            value = metric.compute()
+        finally:
+            metric._to_sync, metric._computed = wanted, None
+        return value if isinstance(value, Tensor) else torch.tensor(float(value))
+
+    def synchronize(self) -> None:
+        """Gather the states of every rank and keep the global value (a collective: every rank
+        calls it, once per phase end); the local states stay as they were."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()):
+            return
+        updated = torch.tensor([float(self._updated)],
+                               device="cuda" if dist.get_backend() == "nccl" else "cpu")
+        dist.all_reduce(updated, op=dist.ReduceOp.MAX)
+        if not bool(updated):  # no rank saw an example: nothing to gather
+            return
+        with warnings.catch_warnings():  # "compute before update" on a rank of only padding
+            warnings.simplefilter("ignore", UserWarning)
+            self._global = self._compute(gather=True)
+        self._updated = True
 
     def value_tensor(self) -> Tensor | None:
-        if not self._updated:
-            return None
-        value = self.metric.compute()
-        return value if isinstance(value, Tensor) else torch.tensor(float(value))
+        if self._global is not None:
+            return self._global
+        return self._compute(gather=False) if self._updated else None
+
+
+def take_rows(obj: Any, rows: int) -> Any:
+    """The first ``rows`` examples of a (possibly nested) batch: tensors sliced on dim 0."""
+    if isinstance(obj, Tensor):
+        return obj[:rows] if obj.dim() > 0 else obj
+    if isinstance(obj, dict):
+        return {key: take_rows(value, rows) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        items = [take_rows(value, rows) for value in obj]
+        return type(obj)(items) if type(obj) in (list, tuple) else type(obj)(*items)
+    return obj
+
+
+def update_metrics(metrics: Sequence[Metric], loss: Tensor, output: Any, target: Any,
+                   rows: int | None = None,
+                   loss_fn: Callable[[Any, Any], Tensor] | None = None) -> None:
+    """Update ``metrics`` with one batch, of which only the first ``rows`` are real examples
+    (None: all; the rest is padding of a distributed shard, and no metric counts it).
+
+    On a batch with padding the loss metric gets ``loss_fn`` on the real rows (or, without a
+    loss function, the batch's loss weighed by its real rows); a batch of padding alone changes
+    nothing. No host read here: ``rows`` is host arithmetic on the batch index.
+    """
+    if rows is not None:
+        if rows == 0:
+            return
+        output, target = take_rows(output, rows), take_rows(target, rows)
+        if loss_fn is not None:
+            with torch.no_grad():
+                loss = loss_fn(output, target).detach()
+    for metric in metrics:
+        metric.update(loss, output, target)
 
 
 _BUILT_IN: dict[str, Callable[[], Metric]] = {

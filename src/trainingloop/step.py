@@ -222,15 +222,21 @@ class Step:
         the phase's final batch). Gradients are synchronised across processes only then.
         """
         accumulate = self.options.accumulate_grad_batches
-        with self.autocast:
-            loss, output = self._train_forward(input, target, where)
-        scaled = loss / accumulate if accumulate > 1 else loss
-        if self.scaler is not None:
-            scaled = self.scaler.scale(scaled)
         updating = self.pending + 1 >= accumulate or last
         no_sync = getattr(self.model, "no_sync", None)
-        # DDP all-reduces gradients only on the micro-batch that updates.
+        if no_sync is None and accumulate > 1:
+            # FSDP2 has no no_sync: it reduce-scatters only when gradient sync is required.
+            set_sync = getattr(self.model, "set_requires_gradient_sync", None)
+            if set_sync is not None:
+                set_sync(updating)
+        # DDP all-reduces gradients only on the micro-batch that updates. It decides in the
+        # forward whether the next backward syncs, so no_sync must span the forward too.
         with no_sync() if (no_sync is not None and not updating) else contextlib.nullcontext():
+            with self.autocast:
+                loss, output = self._train_forward(input, target, where)
+            scaled = loss / accumulate if accumulate > 1 else loss
+            if self.scaler is not None:
+                scaled = self.scaler.scale(scaled)
             scaled.backward()
         self.pending += 1
         return loss.detach(), output, updating

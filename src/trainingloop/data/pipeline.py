@@ -171,6 +171,19 @@ class ArrayDataset:
             self._length / world)
         return per_rank
 
+    def shard_sizes(self) -> tuple[int, int]:
+        """``(real, total)`` examples of this rank's share of an epoch.
+
+        ``total`` is the same on every rank; when the examples do not divide evenly (and the
+        remainder is kept) the last ``total - real`` of them are wrap-around padding, which
+        metrics must not count (the loop leaves them out).
+        """
+        total = self._examples_per_rank()
+        rank, world = self._shard
+        if world == 1 or self._drop_remainder:
+            return total, total
+        return max(0, math.ceil((self._length - rank) / world)), total
+
     def __len__(self) -> int:
         examples = self._examples_per_rank()
         if self._batch_size is None:
