@@ -1,10 +1,13 @@
-"""Data: the vectorised pipeline, batch transforms, and readers of real data sets.
+"""Data: the vectorised pipeline, token windows, batch transforms, and readers of real data sets.
 
-``tl.data.ArrayDataset`` is the pipeline; ``tl.transforms`` and ``tl.datasets`` are
-:mod:`trainingloop.data.transforms` and :mod:`trainingloop.data.datasets`.
+``tl.data.ArrayDataset`` is the pipeline (memory-mapped NumPy columns included);
+``tl.data.TokenDataset`` (and its ``random`` stream, a :class:`RandomWindows`) reads next-token
+windows from a token array or nanoGPT's ``.bin`` file; ``tl.transforms`` and ``tl.datasets``
+are :mod:`trainingloop.data.transforms` and :mod:`trainingloop.data.datasets`.
 """
 
 from trainingloop.data import transforms
 from trainingloop.data.pipeline import ArrayDataset
+from trainingloop.data.tokens import RandomWindows, TokenDataset
 
-__all__ = ["ArrayDataset", "transforms"]
+__all__ = ["ArrayDataset", "RandomWindows", "TokenDataset", "transforms"]
