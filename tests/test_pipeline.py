@@ -279,7 +279,7 @@ def test_load_state_dict_refuses_data_that_changed_size() -> None:
 
 
 _RSS_SCRIPT = """
-import json, sys
+import json, sys, threading, time
 import numpy as np, torch
 from trainingloop.data import ArrayDataset
 
@@ -289,21 +289,33 @@ def anon():
             if line.startswith("RssAnon:"):
                 return int(line.split()[1]) * 1024
 
+peak, done = [0], threading.Event()
+def sample():  # every millisecond: a batch-sized copy freed before the next batch is seen too
+    while not done.is_set():
+        peak[0] = max(peak[0], anon())
+        time.sleep(0.001)
+
+def pipeline(columns):
+    return (ArrayDataset(columns).map(lambda t: t.float().div_(255).flatten(1), "image")
+            .shuffle(0).batch(512))
+
 images = np.load(sys.argv[1], mmap_mode="r")
 labels = torch.zeros(len(images), dtype=torch.int64)
-ds = (ArrayDataset({"image": images, "label": labels})
-      .map(lambda t: t.float().div_(255).flatten(1), "image").shuffle(0).batch(512))
+for x, y in pipeline({"image": images[:2048], "label": labels[:2048]}):  # allocator, threads
+    x.sum()
+base = anon()
+threading.Thread(target=sample, daemon=True).start()
+ds = pipeline({"image": images, "label": labels})
 if sys.argv[2] == "load":
     ds = ds.to("cpu")
-batches = iter(ds)
-total = next(batches)[0].sum()  # allocator and threads exist before the baseline
-base = peak = anon()
-count = 1
-for x, y in batches:  # what a step needs of a batch: every value of it, as float32
+count, total = 0, torch.zeros(())
+for x, y in ds:  # what a step needs of a batch: every value of it, as float32
     total += x.sum() + y.sum()
     count += 1
-    peak = max(peak, anon())
-print(json.dumps({"base": base, "peak": peak, "batches": count, "len": len(ds)}))
+done.set()
+time.sleep(0.01)
+print(json.dumps({"base": base, "peak": max(peak[0], anon()), "batches": count,
+                  "len": len(ds)}))
 """
 
 
