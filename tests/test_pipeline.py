@@ -236,11 +236,15 @@ def test_memmap_rows_are_read_in_ascending_order_once_per_batch(tmp_path: Path) 
     np.save(tmp_path / "images.npy", images)
     reads: list[np.ndarray] = []
 
-    class Recording(np.memmap):
+    class Recording(np.memmap):  # every gather of rows, by indexing or np.take
         def __getitem__(self, key: object) -> object:
             if isinstance(key, np.ndarray):
                 reads.append(key.copy())
             return super().__getitem__(key)
+
+        def take(self, indices: object, *args: object, **kwargs: object) -> object:
+            reads.append(np.array(indices))
+            return super().take(indices, *args, **kwargs)  # type: ignore[arg-type]
 
     offset = np.load(tmp_path / "images.npy", mmap_mode="r").offset
     column = Recording(tmp_path / "images.npy", dtype=np.uint8, mode="r",
