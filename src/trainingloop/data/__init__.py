@@ -1,12 +1,15 @@
-"""Data: the vectorised pipeline, batch transforms, and readers of real data sets.
+"""Data: the vectorised pipeline, token windows, batch transforms, and readers of real data sets.
 
-``tl.data.ArrayDataset`` is the pipeline; ``tl.transforms`` and ``tl.datasets`` are
-:mod:`trainingloop.data.transforms` and :mod:`trainingloop.data.datasets`. The readers build on
+``tl.data.ArrayDataset`` is the pipeline (memory-mapped NumPy columns included);
+``tl.data.TokenDataset`` (and its ``random`` stream, a :class:`RandomWindows`) reads next-token
+windows from a token array or nanoGPT's ``.bin`` file; ``tl.transforms`` and ``tl.datasets``
+are :mod:`trainingloop.data.transforms` and :mod:`trainingloop.data.datasets`. The readers build on
 :mod:`~trainingloop.data.download` (root folder, checksums, fetching),
 :mod:`~trainingloop.data.formats` (file parsers) and :mod:`~trainingloop.data.tokenizer`.
 """
 
 from trainingloop.data import transforms
 from trainingloop.data.pipeline import ArrayDataset
+from trainingloop.data.tokens import RandomWindows, TokenDataset
 
-__all__ = ["ArrayDataset", "transforms"]
+__all__ = ["ArrayDataset", "RandomWindows", "TokenDataset", "transforms"]
