@@ -321,7 +321,7 @@ def test_every_n_minutes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
         tl.Checkpoint(tmp_path, every_n_minutes=0)
 
 
-def TensorDataLoader() -> DataLoader:  # noqa: N802 - reads as the thing it makes
+def TensorDataLoader() -> DataLoader:
     g = torch.Generator().manual_seed(0)
     return DataLoader(TensorDataset(torch.randn(28, 5, generator=g),
                                     torch.randint(0, 3, (28,), generator=g)), batch_size=4)
