@@ -1,12 +1,15 @@
 """A small training run for the checkpoint tests, killed or interrupted on demand.
 
     python tests/resume_worker.py DIR [--resume] [--kill STEP:EVENT] [--sigint STEP]
-                                      [--precision P]
+                                      [--precision P] [--sigterm STEP [--sigterm-while-saving]]
 
 EVENT is an event name (``BATCH_END``, ...) or ``SAVE`` (die half-way through writing the
-checkpoint of that step). The final weights go to ``DIR/final.pt``. Under ``--precision
-16-mixed`` the first fp16 updates overflow at GradScaler's initial scale (65536), so the scale
-falls and those updates are skipped: a resume must restore the scaler to skip the same ones.
+checkpoint of that step). ``--sigterm`` sends SIGTERM at that step's BATCH_END (and, with
+``--sigterm-while-saving``, a second one half-way through writing the preemption checkpoint);
+the worker exits 143 on ``tl.Preempted``. The final weights go to ``DIR/final.pt``. Under
+``--precision 16-mixed`` the first fp16 updates overflow at GradScaler's initial scale (65536),
+so the scale falls and those updates are skipped: a resume must restore the scaler to skip the
+same ones.
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ def main() -> None:
     parser.add_argument("--kill")
     parser.add_argument("--sigint", type=int)
     parser.add_argument("--precision", default="32")
+    parser.add_argument("--sigterm", type=int)
+    parser.add_argument("--sigterm-while-saving", action="store_true")
     args = parser.parse_args()
     extra = []
     if args.kill:
@@ -88,9 +93,32 @@ def main() -> None:
                 os.kill(os.getpid(), signal.SIGINT)
 
         extra.append(interrupt)
+    if args.sigterm is not None:
+        sent: list[int] = []
+
+        def terminate(loop: tl.TrainingLoop, fired: tl.Event) -> None:
+            if fired is tl.Event.BATCH_END and loop.global_step == args.sigterm and not sent:
+                sent.append(1)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        extra.append(terminate)
+        if args.sigterm_while_saving:
+            original_fsync = checkpointing._fsync
+
+            def again(path: Path) -> None:  # only while the preemption checkpoint is written
+                original_fsync(path)
+                if path.name == checkpointing.STATE and len(sent) == 1:
+                    sent.append(2)
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+            checkpointing._fsync = again  # type: ignore[assignment]
     loop, model = build(args.dir, extra)
-    loop.fit(model, EPOCHS, device="cpu", resume=True if args.resume else None,
-             precision=args.precision)
+    try:
+        loop.fit(model, EPOCHS, device="cpu", resume=True if args.resume else None,
+                 precision=args.precision)
+    except tl.Preempted as stopped:
+        print(f"preempted: {stopped}", file=sys.stderr)
+        sys.exit(143)
     torch.save(model.state_dict(), args.dir / "final.pt")
     print("finished", loop.global_step, file=sys.stderr)
 

@@ -79,6 +79,23 @@ def test_ctrl_c_leaves_a_loadable_checkpoint(tmp_path: Path, reference: Path) ->
     _assert_same(_weights(tmp_path), _weights(reference))
 
 
+@pytest.mark.parametrize("while_saving", [False, True])
+def test_sigterm_checkpoints_raises_preempted_and_resumes_exactly(
+        tmp_path: Path, reference: Path, while_saving: bool) -> None:
+    # SLURM and Kubernetes send SIGTERM before a kill: the fit finishes its batch, writes a
+    # checkpoint and raises tl.Preempted (the worker exits 143); a second SIGTERM while that
+    # checkpoint is written must not break it.
+    _worker(tmp_path, "--sigterm", "40", *(["--sigterm-while-saving"] if while_saving else []),
+            expect=143)
+    last = (tmp_path / "checkpoints" / "last").resolve()
+    manifest = checkpointing.verify(last)
+    assert manifest["global_step"] == 40 and manifest["phase"] == "train"
+    assert last.name == "epoch=0002-step=0000040-train-000015"
+    _worker(tmp_path, "--resume")
+    _assert_same(_weights(tmp_path), _weights(reference))
+    assert (tmp_path / "log.csv").read_text() == (reference / "log.csv").read_text()
+
+
 def test_fault_injection_twenty_kills(tmp_path: Path, reference: Path) -> None:
     rng = random.Random(20261123)
     events = ["BATCH_START", "UPDATE_START", "BATCH_END", "SAVE"]

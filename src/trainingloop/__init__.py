@@ -23,6 +23,7 @@ from trainingloop.events import (
     CancelValidation,
     Event,
     NonFiniteLossError,
+    Preempted,
 )
 from trainingloop.history import History
 from trainingloop.loop import TrainingLoop
@@ -68,6 +69,7 @@ __all__ = [
     "History",
     "LearningRateScheduler",
     "NonFiniteLossError",
+    "Preempted",
     "ProgressPlot",
     "ProgressPrinter",
     "ScheduleSegment",

@@ -75,6 +75,15 @@ class CancelFit(LoopControl):
     """End the fit; ``FIT_END`` still fires and ``fit`` returns its History."""
 
 
+class Preempted(Exception):
+    """The fit was stopped by SIGTERM (what SLURM and Kubernetes send before a kill).
+
+    Raised after the current batch, the checkpoint (with a ``tl.Checkpoint``) and ``FIT_END``;
+    a script catches it and exits with 143 so that the scheduler requeues the job, and
+    ``fit(..., resume=True)`` continues exactly.
+    """
+
+
 class NonFiniteLossError(FloatingPointError):
     """The training loss became NaN or infinite.
 

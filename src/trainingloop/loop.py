@@ -18,11 +18,13 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
+import itertools
 import math
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -43,24 +45,19 @@ from trainingloop.events import (
     Event,
     LoopControl,
     NonFiniteLossError,
+    Preempted,
     ends_within,
 )
 from trainingloop.history import History
 from trainingloop.metrics import Metric, Tape, batch_size, resolve_metrics, update_metrics
 from trainingloop.resume import Phase, Position
 from trainingloop.step import BatchError, LossFunction, Step, StepOptions
+from trainingloop.stream import TrainingStream, length
 
 __all__ = ["TrainingLoop"]
 
 Updater = Callable[["TrainingLoop"], None]
 CustomStep = Callable[["TrainingLoop", nn.Module], Tensor]
-
-
-def _length(data: Any) -> int | None:
-    try:
-        return len(data)
-    except TypeError:
-        return None
 
 
 @dataclass(frozen=True)
@@ -87,9 +84,21 @@ class _PhaseRun:
     data: Iterable[Any]
     record: bool
     examples: int = 0
+    tokens: int = 0
     batches: int = 0
     started: float = 0.0
     losses: Tape | None = None  # training: (batch index, global step) of each loss
+
+
+def _tokens(input: Any) -> int:
+    """Tokens in a batch of token ids: an integer tensor of two or more dimensions (batch ×
+    sequence), or a dict's ``input_ids``; 0 for anything else. Reads only shapes."""
+    if isinstance(input, Mapping):
+        input = input.get("input_ids")
+    if isinstance(input, Tensor) and input.dim() >= 2 and not input.is_floating_point() \
+            and not input.is_complex() and input.dtype is not torch.bool:
+        return input.numel()
+    return 0
 
 
 class TrainingLoop:
@@ -171,8 +180,10 @@ class TrainingLoop:
         self._custom: CustomStep | None = None
         self._train_data: Any = training
         self._val_data: Any = validation
-        self._generators: list[torch.Generator] = []  # the data's own, saved with the RNGs
-        self._epoch_rng: dict[str, Any] | None = None  # RNG states at this epoch's data start
+        self._stream = TrainingStream(training, None)
+        self._validation_steps: int | None = None
+        self.tokens_per_second: float | None = None  # for token inputs (language models)
+        self.preempted = False  # set by SIGTERM; the fit stops after the current batch
         self._plan: resume.Plan | None = None  # set by a resume until its phase has run
         self._losses: Tape | None = None  # this training phase's losses, to find a NaN
         self._warming_up = False
@@ -193,6 +204,8 @@ class TrainingLoop:
         step: CustomStep | None = None,
         resume: bool | str | Path | None = None,
         strategy: str = "ddp",
+        steps_per_epoch: int | None = None,
+        validation_steps: int | None = None,
     ) -> History:
         """Train ``model`` for ``epochs`` epochs and return the History.
 
@@ -201,21 +214,35 @@ class TrainingLoop:
         ``resume`` is True (the newest intact checkpoint of the fit's ``tl.Checkpoint``), or the
         path of a checkpoint (``run/checkpoints/last``): the fit continues exactly from there.
         Under ``torchrun`` the model is wrapped by ``strategy`` (``"ddp"``, ``"fsdp"`` for FSDP2,
-        ``"none"``) and each rank trains on its shard of the data.
+        ``"none"``) and each rank trains on its shard of the data. ``steps_per_epoch=k`` makes
+        an epoch the next k training batches (the data's iterator carries on across epochs, as
+        in Keras; needed for data without a length); ``validation_steps=v`` validates on the
+        first v batches. SIGTERM ends the fit after the current batch (with a checkpoint, if
+        a ``tl.Checkpoint`` is there) and raises :class:`~trainingloop.Preempted`.
         """
         if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
             raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
+        for name, value in (("steps_per_epoch", steps_per_epoch),
+                            ("validation_steps", validation_steps)):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                      or value < 1):
+                raise ValueError(f"{name} must be an integer >= 1 or None, got {value!r}")
+        if steps_per_epoch is None and length(self.training) is None:
+            raise ValueError(f"the training data ({type(self.training).__name__}) has no length "
+                             "(a generator, an IterableDataset, a stream): pass "
+                             "steps_per_epoch=... to say how many batches make an epoch")
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if self.loss is None and step is None:
             raise ValueError("TrainingLoop needs loss=... unless fit() is given a custom step")
-        if _length(self.training) == 0:
+        if length(self.training) == 0:
             raise ValueError(f"the training data ({type(self.training).__name__}) is empty")
         options = StepOptions(precision, accumulate_grad_batches, clip_grad_norm, compile)
         session = distributed.setup(None if device == "auto" else resolve_device(device))
         try:
             first_epoch = self._begin(model, epochs, session, device, [*self.callbacks, *callbacks],
-                                      options, step, strategy, resume)
+                                      options, step, strategy, resume, steps_per_epoch,
+                                      validation_steps)
         except BaseException:
             session.close(failed=True)
             raise
@@ -316,7 +343,7 @@ class TrainingLoop:
             position=self.position, epoch_index=self.epoch_index, global_step=self.global_step,
             history=self.history, metrics=self.metrics, model=self.model,
             optimizer=self.optimizer, scaler=self._step.scaler, callbacks=self.fit_callbacks,
-            data=self._train_data, generators=self._generators, epoch_rng=self._epoch_rng)
+            stream=self._stream, validation=self._val_data)
 
     def call_after_event(self, action: Callable[[], None]) -> None:
         """Run ``action`` once every handler of the event being fired has run.
@@ -342,6 +369,11 @@ class TrainingLoop:
         self._plan = None
         if self._val_data is not None:
             self._run_phase(_VALIDATION, self._val_data)
+        if self._stream.exhausted:  # as Keras: an iterator that ran out ends the training
+            warnings.warn(f"the training data ran out of batches in epoch {self.epoch_index + 1} "
+                          "and could not start again (a one-shot iterator?): the fit stops "
+                          "after this epoch", RuntimeWarning, stacklevel=2)
+            self.stop_training = True
 
     def _run_phase(self, events: _PhaseEvents, data: Iterable[Any], record: bool = True) -> None:
         run = self._start_phase(events, data, record)
@@ -360,10 +392,13 @@ class TrainingLoop:
                 if training and self._warming_up:  # exclude compilation from the rate
                     self._warming_up = False
                     synchronize(self.device)
-                    run.examples, run.started = 0, time.perf_counter()
+                    run.examples, run.tokens, run.started = 0, 0, time.perf_counter()
                 if self.interrupted:
-                    raise KeyboardInterrupt(f"interrupted after {self.position.phase.label} batch "
-                                            f"{self.batch_index} of epoch {self.epoch_index + 1}")
+                    where = (f"after {self.position.phase.label} batch {self.batch_index} of "
+                             f"epoch {self.epoch_index + 1}")
+                    if self.preempted:
+                        raise Preempted(f"SIGTERM: the fit stopped {where}")
+                    raise KeyboardInterrupt(f"interrupted {where}")
             if training and self._step is not None and self._step.pending:
                 with contextlib.suppress(CancelBatch):  # micro-batches left at the phase's end
                     self._update()
@@ -387,10 +422,16 @@ class TrainingLoop:
             self.last_loss, output = self._step.infer(
                 self.last_input, self.last_target, where=f"validation batch {self.batch_index}",
                 on_prediction=self._on_prediction)
-        rows = None if self._padding is None else self._padding.rows(self.batch_index)
-        update_metrics(self.metrics, self.last_loss, self.last_output, self.last_target, rows,
-                       self.loss)
+        if self.last_target is not None:
+            # a shard's padding sits at the end of its pass: count rows by the pass position
+            position = self._stream.drawn - 1 if self.is_training else self.batch_index
+            rows = None if self._padding is None else self._padding.rows(position)
+            update_metrics(self.metrics, self.last_loss, self.last_output, self.last_target,
+                           rows, self.loss)
+        else:  # a batch without a target (a custom step's): only the loss, weighed by examples
+            self.metrics[0].update(self.last_loss, self.last_input, None)
         run.examples += batch_size(self.last_target) or batch_size(self.last_input)
+        run.tokens += _tokens(self.last_input)
 
     def _update(self) -> None:
         assert self._step is not None
@@ -451,34 +492,52 @@ class TrainingLoop:
         training = events.phase is Phase.TRAINING
         self.is_training = training
         self.model.train(training)
-        self.batch_count = _length(data)
+        self.batch_count = length(data)
+        if training and self._stream.steps_per_epoch is not None:
+            self.batch_count = self._stream.steps_per_epoch
+        elif not training and self._validation_steps is not None:
+            self.batch_count = self._validation_steps if self.batch_count is None else min(
+                self.batch_count, self._validation_steps)
         self._phase_stats = None
         self.position = Position(events.phase, 0)
         for metric in self.metrics:
             metric.reset()
-        if training and self._plan is None:
-            self._epoch_rng = checkpointing.rng_state(self._generators)
         self._losses = Tape() if training else None
         self._padding = distributed.padding(data)  # a shard's padding: left out of the metrics
         return _PhaseRun(data, record, started=time.perf_counter(), losses=self._losses)
 
     def _batches(self, data: Iterable[Any], training: bool) -> Iterator[tuple[int, Any]]:
         """``(batch index, batch)`` pairs; a resumed training phase starts where it stopped."""
-        if not (training and self._plan is not None):
+        if not training:
+            if self._validation_steps is not None:
+                data = itertools.islice(data, self._validation_steps)
             return enumerate(data)
-        assert self.device is not None
-        self._epoch_rng = self._plan.epoch_rng
-        return resume.batches(self._plan, data, self._generators, self.metrics, self.device)
+        done = 0
+        if self._plan is not None and self._plan.phase is Phase.TRAINING:
+            assert self.device is not None
+            done = self._plan.completed
+            self._plan.restore_metrics(self.metrics, self.device)
+        return enumerate(self._stream.epoch(self.epoch_index, done), start=done)
 
     def _take(self, batch: Any) -> None:
-        """Check the batch is an ``(input, target)`` pair and move it to the device."""
+        """Move the batch to the device as ``last_input`` and ``last_target``.
+
+        An ``(input, target)`` pair is split; with a custom step any other batch (a dict, a
+        triple, an object with ``.to``) is the input, and a dict's ``"labels"`` the target.
+        """
         assert self.device is not None
-        if not (isinstance(batch, (tuple, list)) and len(batch) == 2):
-            raise BatchError(f"{self.position.phase.label} batch {self.batch_index} is a "
-                             f"{type(batch).__name__}, not an (input, target) pair")
-        self.last_input = move_to_device(batch[0], self.device, non_blocking=True)
-        self.last_target = move_to_device(batch[1], self.device, non_blocking=True)
         self.last_output = self.last_loss = None
+        if isinstance(batch, (tuple, list)) and len(batch) == 2:
+            self.last_input = move_to_device(batch[0], self.device, non_blocking=True)
+            self.last_target = move_to_device(batch[1], self.device, non_blocking=True)
+            return
+        if self._custom is None:
+            raise BatchError(f"{self.position.phase.label} batch {self.batch_index} is a "
+                             f"{type(batch).__name__}, not an (input, target) pair (other "
+                             "batches need a custom step: fit(..., step=...))")
+        self.last_input = move_to_device(batch, self.device, non_blocking=True)
+        self.last_target = self.last_input.get("labels") if isinstance(
+            self.last_input, Mapping) else None
 
     def _end_batch(self, cancelled: bool) -> None:
         self.position.completed = self.batch_index + 1
@@ -492,7 +551,9 @@ class TrainingLoop:
             if run.batches == 0 and not cancelled and self.epoch_index == 0 and not resumed:
                 raise ValueError(f"the training data ({type(run.data).__name__}) yielded no "
                                  "batch")
-            self.examples_per_second = run.examples / max(time.perf_counter() - run.started, 1e-9)
+            seconds = max(time.perf_counter() - run.started, 1e-9)
+            self.examples_per_second = run.examples / seconds
+            self.tokens_per_second = run.tokens / seconds if run.tokens else None
             self._check_finite(stats, run.losses)
         self._phase_stats = stats
         if run.record:
@@ -500,6 +561,8 @@ class TrainingLoop:
             epoch.update({events.prefix + name: value for name, value in stats.items()})
             if events.phase is Phase.TRAINING:
                 epoch["examples_per_second"] = self.examples_per_second
+                if self.tokens_per_second is not None:
+                    epoch["tokens_per_second"] = self.tokens_per_second
 
     def _end_epoch(self, cancelled: bool) -> None:
         self.position = Position(Phase.EPOCH_END, 0)
@@ -508,8 +571,8 @@ class TrainingLoop:
         """A History record for the epoch (kept from the checkpoint on resume), ``set_epoch``."""
         if not (self.history.epochs and self.history.epochs[-1]["epoch"] == self.epoch_index + 1):
             self.history.epochs.append({"epoch": self.epoch_index + 1})
-        for data in (self._train_data, self._val_data):
-            distributed.set_epoch(data, self.epoch_index)  # or its (Distributed)Sampler's
+        if self._val_data is not None:  # the training data's passes are the stream's
+            distributed.set_epoch(self._val_data, self.epoch_index)  # or its sampler's
 
     def _check_finite(self, stats: dict[str, float], losses: Tape | None) -> None:
         """Raise NonFiniteLossError naming the first bad batch if the phase's loss is not finite."""
@@ -525,22 +588,25 @@ class TrainingLoop:
     def _begin(self, model: nn.Module, epochs: int, session: distributed.Session,
                device: str | torch.device, callbacks: list[Any], options: StepOptions,
                custom: CustomStep | None, strategy: str,
-               resume_from: bool | str | Path | None) -> int:
+               resume_from: bool | str | Path | None, steps_per_epoch: int | None,
+               validation_steps: int | None) -> int:
         """Set up the state of a fit (and restore a checkpoint); returns the first epoch."""
         self.device = session.device or resolve_device(device)
         self.model = distributed.wrap(model.to(self.device), self.optimizer, strategy, self.device)
         self._train_data = distributed.shard(self.training)
         self._val_data = None if self.validation is None else distributed.shard(self.validation)
-        self._generators = checkpointing.data_generators(self._train_data, self._val_data)
+        generators = checkpointing.data_generators(self._train_data, self._val_data)
+        self._stream = TrainingStream(self._train_data, steps_per_epoch, generators)
+        self._validation_steps = validation_steps
         self.epoch_count = epochs
         self.fit_callbacks = callbacks
         self._handlers, self._deferred = resolve_handlers(callbacks), []
         self._options, self._custom = options, custom
         self._step = self._make_step(self.model, options, custom)
         self.history, self.global_step, self.stop_training = History(), 0, False
-        self.interrupted, self.position, self._plan = False, Position(), None
+        self.interrupted, self.preempted, self.position, self._plan = False, False, Position(), None
         self._warming_up = self._step.compiled
-        batches = _length(self._train_data)
+        batches = steps_per_epoch or length(self._train_data)
         self.total_steps = None if batches is None else epochs * math.ceil(
             batches / options.accumulate_grad_batches)
         if not resume_from:
@@ -548,7 +614,7 @@ class TrainingLoop:
         path = resume.find(resume_from, [c.dir for c in callbacks if isinstance(c, Checkpoint)])
         plan = resume.restore(path, model=self.model, optimizer=self.optimizer,
                               scaler=self._step.scaler, history=self.history, callbacks=callbacks,
-                              data=self._train_data, generators=self._generators)
+                              stream=self._stream, validation=self._val_data)
         self.global_step = plan.global_step
         self._plan = None if plan.phase is Phase.EPOCH_END else plan
         return plan.first_epoch
@@ -580,18 +646,28 @@ class TrainingLoop:
 
     @contextlib.contextmanager
     def _interrupt_guard(self) -> Iterator[None]:
-        """Turn the first Ctrl-C into a stop after the current batch (a second one is immediate)."""
+        """Turn Ctrl-C and SIGTERM into a stop after the current batch.
+
+        A second Ctrl-C stops at once; further SIGTERMs are ignored, so that the checkpoint
+        the first one asked for is written whole (a scheduler's SIGKILL after its grace
+        period still finds the previous ``last`` intact: writes are atomic).
+        """
         if threading.current_thread() is not threading.main_thread():
             yield
             return
 
-        def handler(signum: int, frame: Any) -> None:
-            if self.interrupted:
+        def on_interrupt(signum: int, frame: Any) -> None:
+            if self.interrupted and not self.preempted:
                 raise KeyboardInterrupt
             self.interrupted = True
 
-        previous = signal.signal(signal.SIGINT, handler)
+        def on_terminate(signum: int, frame: Any) -> None:
+            self.interrupted = self.preempted = True
+
+        previous = signal.signal(signal.SIGINT, on_interrupt)
+        previous_term = signal.signal(signal.SIGTERM, on_terminate)
         try:
             yield
         finally:
             signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGTERM, previous_term)

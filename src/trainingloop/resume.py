@@ -1,21 +1,21 @@
 """Where a fit stands, and how a checkpoint captures and restores it for an exact resume.
 
 This module owns the loop's position (:class:`Phase`, :class:`Position`), the content of a
-checkpoint's ``state.pt`` (:func:`capture`) and the way back (:func:`restore`, then
-:func:`batches` for the interrupted training phase). The loop calls these with its state;
-storage (files, sums, atomic writes) is :mod:`trainingloop.checkpointing`.
+checkpoint's ``state.pt`` (:func:`capture`) and the way back (:func:`restore`). The loop calls
+these with its state; storage (files, sums, atomic writes) is :mod:`trainingloop.checkpointing`
+and the data's position is the :class:`~trainingloop.stream.TrainingStream`'s.
 
 A resumed fit continues at the checkpoint's position: after an epoch's end it starts the next
-epoch; mid-training it restores the RNG states of the epoch's start, lets the data skip (its
-own ``load_state_dict``) or replays the batches already done, restores the running metric
-sums and the RNG states of the checkpoint; in validation it redoes that validation.
+epoch; mid-training the stream reopens its pass where it stood (the RNG states of the pass's
+start, then a skip or a replay, then the checkpoint's RNG states) and the running metric sums
+come back; in validation it redoes that validation.
 """
 
 from __future__ import annotations
 
 import enum
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,9 @@ from torch import nn
 from trainingloop import checkpointing, distributed
 from trainingloop.history import History
 from trainingloop.metrics import Metric
+from trainingloop.stream import TrainingStream, length
 
-__all__ = ["Phase", "Plan", "Position", "batches", "capture", "find", "restore"]
+__all__ = ["Phase", "Plan", "Position", "capture", "find", "restore"]
 
 
 class Phase(enum.Enum):
@@ -59,16 +60,20 @@ class Position:
 
 @dataclass
 class Plan:
-    """What :func:`restore` found: where to continue and what the training phase restores."""
+    """What :func:`restore` found: where to continue, and the interrupted phase's metric sums."""
 
     first_epoch: int
     global_step: int
     phase: Phase
     completed: int
     metrics: list[Any] | None
-    epoch_rng: dict[str, Any] | None
-    rng: dict[str, Any]
-    data_restored: bool
+
+    def restore_metrics(self, metrics: Sequence[Metric], device: torch.device) -> None:
+        """Put the running sums of the interrupted training phase back into ``metrics``."""
+        for metric, saved in zip(metrics, self.metrics or []):
+            if saved is not None:
+                metric.sums = saved[0].to(device)
+                metric.count = saved[1]
 
 
 def keyed(callbacks: Sequence[Any]) -> list[tuple[str, Any]]:
@@ -91,9 +96,12 @@ def find(resume: bool | str | Path, folders: Sequence[Path]) -> Path:
 
 def capture(*, position: Position, epoch_index: int, global_step: int, history: History,
             metrics: Sequence[Metric], model: nn.Module, optimizer: Any, scaler: Any,
-            callbacks: Sequence[Any], data: Any, generators: Sequence[torch.Generator],
-            epoch_rng: dict[str, Any] | None) -> dict[str, Any]:
+            callbacks: Sequence[Any], stream: TrainingStream,
+            validation: Any = None) -> dict[str, Any]:
     """Everything an exact resume needs except the weights, as tensors and plain data.
+
+    ``validation`` data without a length that keeps a state of its own (an endless random
+    stream) is saved too, so that a resumed fit validates on the same batches.
 
     A collective under torchrun (it gathers each rank's RNG states): call it on every rank.
     """
@@ -108,8 +116,9 @@ def capture(*, position: Position, epoch_index: int, global_step: int, history: 
         bare = checkpointing.unwrap(model)
         optimizer_state = (distributed.full_optimizer_state(bare, optimizer)
                            if distributed.is_sharded(bare) else optimizer.state_dict())
-    data_state = getattr(data, "state_dict", None)
-    rng = checkpointing.rng_state(generators)
+    data_state = getattr(stream.data, "state_dict", None)
+    rng = checkpointing.rng_state(stream.generators)
+    stream_state = stream.state_dict()
     return {
         "epoch_index": epoch_index,
         "phase": position.phase.value,
@@ -119,10 +128,13 @@ def capture(*, position: Position, epoch_index: int, global_step: int, history: 
         "metrics": [[m.sums, m.count] if m.sums is not None else None
                     for m in metrics] if mid_training else None,
         "rng": rng,
-        "epoch_rng": epoch_rng,
-        "rng_by_rank": distributed.gather_objects([rng, epoch_rng])
+        "stream": stream_state,
+        "rng_by_rank": distributed.gather_objects([rng, stream_state["pass_rng"]])
         if distributed.world_size() > 1 else None,
-        "data": data_state() if callable(data_state) and mid_training else None,
+        "data": data_state() if callable(data_state) and stream.mid_pass else None,
+        "validation_data": validation.state_dict()  # a finite set restarts every phase
+        if callable(getattr(validation, "state_dict", None)) and length(validation) is None
+        else None,
         "optimizer": optimizer_state,
         "scaler": scaler.state_dict() if scaler is not None else None,
         "callbacks": states,
@@ -130,11 +142,15 @@ def capture(*, position: Position, epoch_index: int, global_step: int, history: 
 
 
 def restore(path: Path, *, model: nn.Module, optimizer: Any, scaler: Any, history: History,
-            callbacks: Sequence[Any], data: Any, generators: Sequence[torch.Generator]) -> Plan:
-    """Load the checkpoint at ``path`` into the fit's objects; returns where to continue."""
+            callbacks: Sequence[Any], stream: TrainingStream, validation: Any = None) -> Plan:
+    """Load the checkpoint at ``path`` into the fit's objects and reopen the stream's pass at
+    its position (when the next batch is asked for); returns where to continue."""
     state = checkpointing.load(path, model)
+    stream_state = state.get("stream") or {  # written before streams had a state of their own
+        "pass": int(state["epoch_index"]), "drawn": int(state["position"]),
+        "pass_rng": state.get("epoch_rng")}
     if state.get("rng_by_rank"):
-        state["rng"], state["epoch_rng"] = state["rng_by_rank"][distributed.rank()]
+        state["rng"], stream_state["pass_rng"] = state["rng_by_rank"][distributed.rank()]
     if state["optimizer"] is not None:
         bare = checkpointing.unwrap(model)
         if distributed.is_sharded(bare):
@@ -152,33 +168,16 @@ def restore(path: Path, *, model: nn.Module, optimizer: Any, scaler: Any, histor
                           RuntimeWarning, stacklevel=4)
     phase = Phase(state["phase"])
     epoch = int(state["epoch_index"])
-    if phase is not Phase.TRAINING:  # the RNGs continue from the checkpoint's moment
-        checkpointing.restore_rng(state["rng"], generators)
+    mid_training = phase is Phase.TRAINING
+    if not mid_training:  # the RNGs continue from the checkpoint's moment
+        checkpointing.restore_rng(state["rng"], stream.generators)
     if state["data"] is not None:
-        data.load_state_dict(state["data"])
+        stream.data.load_state_dict(state["data"])  # type: ignore[attr-defined]
+    if state.get("validation_data") is not None and validation is not None:
+        validation.load_state_dict(state["validation_data"])
+    if mid_training or stream.steps_per_epoch is not None:  # the pass goes on from there
+        stream.load_state_dict(stream_state, data_restored=state["data"] is not None,
+                               rng_after=state["rng"] if mid_training else None)
     return Plan(first_epoch=epoch + 1 if phase is Phase.EPOCH_END else epoch,
                 global_step=int(state["global_step"]), phase=phase,
-                completed=int(state["position"]), metrics=state["metrics"],
-                epoch_rng=state["epoch_rng"], rng=state["rng"],
-                data_restored=state["data"] is not None)
-
-
-def batches(plan: Plan, data: Iterable[Any], generators: Sequence[torch.Generator],
-            metrics: Sequence[Metric], device: torch.device) -> Iterator[tuple[int, Any]]:
-    """``(batch index, batch)`` of the interrupted training phase, from where it stopped.
-
-    Restores the epoch's starting RNG states, skips (data that restored its own position) or
-    replays the batches already done, then the checkpoint's RNG states and metric sums.
-    """
-    if plan.epoch_rng is not None:
-        checkpointing.restore_rng(plan.epoch_rng, generators)
-    iterator = iter(data)
-    if not plan.data_restored:  # no saved position: replay the epoch's order up to it
-        for _ in range(plan.completed):
-            next(iterator)
-    checkpointing.restore_rng(plan.rng, generators)
-    for metric, saved in zip(metrics, plan.metrics or []):
-        if saved is not None:
-            metric.sums = saved[0].to(device)
-            metric.count = saved[1]
-    return enumerate(iterator, start=plan.completed)
+                completed=int(state["position"]), metrics=state["metrics"])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import time
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,10 +28,14 @@ if TYPE_CHECKING:
 
 __all__ = ["Checkpoint"]
 
+_clock = time.monotonic  # wall time for every_n_minutes (a name tests can replace)
+
 
 class Checkpoint(Callback):
-    """Writes checkpoints to ``dir`` every ``every_n_epochs`` epochs and/or ``every_n_steps``
-    optimizer steps, keeping the newest ``keep_last`` (plus the best, with ``monitor``).
+    """Writes checkpoints to ``dir`` every ``every_n_epochs`` epochs, every ``every_n_steps``
+    optimizer steps and/or every ``every_n_minutes`` of wall time (at the end of a batch that
+    updated), keeping the newest ``keep_last`` (plus the best, with ``monitor``). A Ctrl-C or a
+    SIGTERM writes one where the fit stopped.
 
     >>> import trainingloop as tl
     >>> checkpoints = tl.Checkpoint("run/checkpoints", every_n_steps=100, keep_last=2)
@@ -40,15 +45,20 @@ class Checkpoint(Callback):
 
     def __init__(self, dir: str | os.PathLike[str] = "run/checkpoints", every_n_epochs: int = 1,
                  every_n_steps: int | None = None, keep_last: int = 2,
-                 monitor: str | None = None, mode: str = "min") -> None:
+                 monitor: str | None = None, mode: str = "min",
+                 every_n_minutes: float | None = None) -> None:
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
         if keep_last < 1:
             raise ValueError(f"keep_last must be >= 1, got {keep_last}")
         if every_n_epochs < 0 or (every_n_steps is not None and every_n_steps < 1):
             raise ValueError("every_n_epochs must be >= 0 and every_n_steps >= 1 (or None)")
+        if every_n_minutes is not None and not every_n_minutes > 0:
+            raise ValueError(f"every_n_minutes must be > 0 (or None), got {every_n_minutes!r}")
         self.dir = Path(dir)
         self.every_n_epochs, self.every_n_steps = every_n_epochs, every_n_steps
+        self.every_n_minutes = every_n_minutes
+        self._saved_at = _clock()
         self.keep_last, self.monitor, self.mode = keep_last, monitor, mode
         self.best_value: float | None = None
         self.best_name: str | None = None
@@ -60,14 +70,19 @@ class Checkpoint(Callback):
 
         self._enabled = is_main_process()
         self._steps_at_check = loop.global_step
+        self._saved_at = _clock()
 
     def on_batch_end(self, loop: TrainingLoop) -> None:
-        if not (self.every_n_steps and loop.is_training):
+        if not ((self.every_n_steps or self.every_n_minutes) and loop.is_training):
             return
         updated = loop.global_step != self._steps_at_check
         self._steps_at_check = loop.global_step
         # global_step moves only in an update, which leaves no pending micro-batch behind.
-        if updated and loop.global_step % self.every_n_steps == 0:
+        due = updated and (
+            (self.every_n_steps is not None and loop.global_step % self.every_n_steps == 0)
+            or (self.every_n_minutes is not None
+                and _clock() - self._saved_at >= 60 * self.every_n_minutes))
+        if due:
             loop.check_finite()
             name = f"epoch={loop.epoch_index + 1:04d}-step={loop.global_step:07d}"
             loop.call_after_event(lambda: self.save(loop, name))
@@ -111,6 +126,7 @@ class Checkpoint(Callback):
         if value is not None:
             info["monitor"] = {self.monitor: value}
         path = checkpointing.save(self.dir, name, loop.model, state, info, weights)
+        self._saved_at = _clock()
         checkpointing.link_atomically(self.dir / "last", name)
         if self.best_name == name:
             checkpointing.link_atomically(self.dir / "best", name)

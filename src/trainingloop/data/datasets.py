@@ -41,6 +41,7 @@ __all__ = [
     "digits",
     "fashion_mnist",
     "mnist",
+    "shakespeare_text",
     "synthetic_linear",
     "tiny_shakespeare",
     "wikitext2",
@@ -162,15 +163,21 @@ _SHAKESPEARE = ("input.txt", "https://raw.githubusercontent.com/karpathy/char-rn
                 "sha256:86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed")
 
 
+def shakespeare_text(root: str | os.PathLike[str] | None = None, download: bool = True) -> str:
+    """The whole text of Tiny Shakespeare (Karpathy's ``input.txt``), for recipes that tokenize
+    it themselves (nanoGPT's ``prepare.py``: one token per character)."""
+    folder = data_root(root) / "tinyshakespeare"
+    path = require_files(folder, {_SHAKESPEARE[0]: _SHAKESPEARE[1:]}, download,
+                         "Put Karpathy's input.txt there.")[_SHAKESPEARE[0]]
+    return path.read_text(encoding="utf-8")
+
+
 def tiny_shakespeare(split: str = "train", root: str | os.PathLike[str] | None = None,
                      block_size: int = 64, download: bool = True) -> ArrayDataset:
     """Tiny Shakespeare, character-level: the first 90% is ``train``, the rest ``validation``."""
     if split not in ("train", "validation"):
         raise ValueError(f"split must be 'train' or 'validation', got {split!r}")
-    folder = data_root(root) / "tinyshakespeare"
-    path = require_files(folder, {_SHAKESPEARE[0]: _SHAKESPEARE[1:]}, download,
-                         "Put Karpathy's input.txt there.")[_SHAKESPEARE[0]]
-    text = path.read_text(encoding="utf-8")
+    text = shakespeare_text(root, download)
     cut = int(len(text) * 0.9)
     tokenizer = Tokenizer.build([text[:cut]], level="char", specials=("<unk>",))
     part = text[:cut] if split == "train" else text[cut:]

@@ -28,6 +28,7 @@ EXAMPLES: dict[str, str] = {
     "bert-cola": "trainingloop.examples.bert_cola",
     "gpt-wikitext2": "trainingloop.examples.gpt_wikitext2",
     "gpt-shakespeare": "trainingloop.examples.gpt_shakespeare",
+    "nanogpt-shakespeare": "trainingloop.examples.nanogpt_shakespeare",
 }
 
 

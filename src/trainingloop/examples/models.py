@@ -155,3 +155,74 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
         return self.head(self.norm(x))
+
+
+class _NanoAttention(nn.Module):
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.c_attn = nn.Linear(width, 3 * width, bias=False)
+        self.c_proj = nn.Linear(width, width, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        batch, length, width = x.shape
+        q, k, v = self.c_attn(x).split(width, dim=2)
+        q, k, v = (t.view(batch, length, self.heads, width // self.heads).transpose(1, 2)
+                   for t in (q, k, v))
+        y = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.c_proj(y.transpose(1, 2).contiguous().view(batch, length, width))
+
+
+class _NanoBlock(nn.Module):
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(width, bias=False)
+        self.attn = _NanoAttention(width, heads)
+        self.ln_2 = nn.LayerNorm(width, bias=False)
+        self.c_fc = nn.Linear(width, 4 * width, bias=False)
+        self.c_proj = nn.Linear(4 * width, width, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.c_proj(nn.functional.gelu(self.c_fc(self.ln_2(x))))
+
+
+class NanoGPT(nn.Module):
+    """nanoGPT's model (Karpathy's ``model.py``, ``bias=False``, ``dropout=0``): pre-norm blocks
+    with fused-QKV causal attention, tied embeddings, its initialisation; ``forward(idx,
+    targets)`` returns ``(logits, loss)`` as nanoGPT's does."""
+
+    def __init__(self, vocabulary: int, block_size: int = 64, n_layer: int = 4, n_head: int = 4,
+                 n_embd: int = 128) -> None:
+        super().__init__()
+        self.wte = nn.Embedding(vocabulary, n_embd)
+        self.wpe = nn.Embedding(block_size, n_embd)
+        self.h = nn.ModuleList(_NanoBlock(n_embd, n_head) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(n_embd, bias=False)
+        self.lm_head = nn.Linear(n_embd, vocabulary, bias=False)
+        self.wte.weight = self.lm_head.weight  # weight tying
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        for name, parameter in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(parameter, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
+
+    def forward(self, idx: Tensor, targets: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        positions = torch.arange(idx.shape[1], device=idx.device)
+        x = self.wte(idx) + self.wpe(positions)
+        for block in self.h:
+            x = block(x)
+        logits = self.lm_head(self.ln_f(x))
+        loss = None if targets is None else nn.functional.cross_entropy(
+            logits.view(-1, logits.shape[-1]), targets.reshape(-1))
+        return logits, loss
+
+    def optimizer(self, lr: float, weight_decay: float = 0.1,
+                  betas: tuple[float, float] = (0.9, 0.99)) -> torch.optim.AdamW:
+        """nanoGPT's AdamW: weight decay on the 2-D weights only."""
+        parameters = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.AdamW(
+            [{"params": [p for p in parameters if p.dim() >= 2], "weight_decay": weight_decay},
+             {"params": [p for p in parameters if p.dim() < 2], "weight_decay": 0.0}],
+            lr=lr, betas=betas)
