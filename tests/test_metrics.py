@@ -342,6 +342,11 @@ def test_classification_metrics_over_a_time_axis_match_sklearn() -> None:
     accuracy = Accuracy()
     accuracy.update(torch.tensor(0.0), logits, one_hot)
     assert accuracy.compute() == pytest.approx(accuracy_score(flat_target, flat_pred))
+    flat = Accuracy()  # 2-d one-hot targets, three classes: the arg-max of each row
+    flat.update(torch.tensor(0.0), torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.2, 0.0],
+                                                 [0.1, 0.2, 0.7]]),
+                torch.nn.functional.one_hot(torch.tensor([1, 1, 2]), 3).float())
+    assert flat.compute() == pytest.approx(2 / 3) and flat.count == 3
     soft = one_hot * 0.7 + 0.1  # soft targets: the arg-max class counts
     accuracy.reset()
     accuracy.update(torch.tensor(0.0), logits, soft)
