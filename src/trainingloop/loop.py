@@ -571,7 +571,8 @@ class TrainingLoop:
         """A History record for the epoch (kept from the checkpoint on resume), ``set_epoch``."""
         if not (self.history.epochs and self.history.epochs[-1]["epoch"] == self.epoch_index + 1):
             self.history.epochs.append({"epoch": self.epoch_index + 1})
-        if self._val_data is not None:  # the training data's passes are the stream's
+        self._stream.begin_epoch(self.epoch_index)  # set_epoch on the training data, or later
+        if self._val_data is not None:
             distributed.set_epoch(self._val_data, self.epoch_index)  # or its sampler's
 
     def _check_finite(self, stats: dict[str, float], losses: Tape | None) -> None:

@@ -108,6 +108,7 @@ class TrainingStream:
         self._reopen: tuple[int, int, dict[str, Any] | None] | None = None
         self._data_restored = False
         self._rng_after: dict[str, Any] | None = None
+        self._epoch_set: int | None = None  # the pass whose set_epoch begin_epoch called
 
     @property
     def mid_pass(self) -> bool:
@@ -115,6 +116,14 @@ class TrainingStream:
         if self._reopen is not None:
             return self._reopen[1] > 0
         return self._iterator is not None and self.drawn > 0
+
+    def begin_epoch(self, epoch_index: int) -> None:
+        """At an epoch's start: a pass per epoch calls ``set_epoch(epoch_index)`` now (before
+        ``EPOCH_START``, as SPEC §4 has it); with ``steps_per_epoch`` a pass calls it when it
+        opens."""
+        if self.steps_per_epoch is None and self._reopen is None:
+            set_epoch(self.data, epoch_index)
+            self._epoch_set = epoch_index
 
     def epoch(self, epoch_index: int, done: int = 0) -> Iterator[Any]:
         """The batches of epoch ``epoch_index`` (``done`` of them were trained before a resume):
@@ -151,7 +160,9 @@ class TrainingStream:
 
     def _open(self, pass_index: int) -> None:
         self.pass_index, self.drawn = pass_index, 0
-        set_epoch(self.data, pass_index)
+        if self._epoch_set != pass_index:
+            set_epoch(self.data, pass_index)
+        self._epoch_set = None
         self.pass_rng = checkpointing.rng_state(self.generators)
         self._iterator = iter(self.data)
 
