@@ -25,8 +25,8 @@ data=...`` chooses the copy as in ``resnet-cifar10``).
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -145,10 +145,11 @@ def _is_norm(net: nn.Module, name: str) -> bool:
     return isinstance(net.get_submodule(name.rpartition(".")[0]), nn.BatchNorm2d)
 
 
-def data(batch_size: int, device: torch.device, root: str | None = None, which: str = "auto"
-         ) -> tuple[tl.data.ArrayDataset, tl.data.ArrayDataset]:
-    """The whole set on ``device``; normalise, translate by ≤ 2 pixels and flip there per batch."""
-    train, test = (d.to(device) for d in datasets(root, which))
+def pipelines(train: tl.data.ArrayDataset, test: tl.data.ArrayDataset, batch_size: int,
+              device: torch.device) -> tuple[tl.data.ArrayDataset, tl.data.ArrayDataset]:
+    """The whole sets on ``device``; normalise, translate by ≤ 2 pixels and flip there per
+    batch."""
+    train, test = train.to(device), test.to(device)
     pixels = [tl.transforms.Rescale(1 / 255, 0), tl.transforms.Normalize(MEAN, STD)]
     augment = [tl.transforms.RandomCrop(32, padding=2), tl.transforms.RandomHorizontalFlip()]
     train = train.map([*pixels, *augment, tl.transforms.HWC2CHW()], "image")
@@ -156,29 +157,37 @@ def data(batch_size: int, device: torch.device, root: str | None = None, which: 
     return train.shuffle(seed=0).batch(batch_size), test.batch(2000)
 
 
-def run(options: Options) -> tl.History:
-    """Train and return the History."""
+def recipe(train: tl.data.ArrayDataset, test: tl.data.ArrayDataset, options: Options,
+           callbacks: list[Any] | None = None) -> tuple[tl.TrainingLoop, nn.Module, Options]:
+    """The loop, network and fit options for unbatched ``train``/``test`` sets of CIFAR-10's
+    layout (``callbacks`` default: every output under ``options.out``)."""
     o = options.resolved(DEFAULTS)
     torch.manual_seed(0)
     device = tl.devices.resolve_device(o.device)
     widths = tuple(int(w) for w in str(o.extra.get("widths", "64,256,256")).split(","))
     if len(widths) != 3:
         raise ValueError(f"widths takes three numbers, got {o.extra['widths']!r}")
-    train, test = data(o.batch_size, device, o.data_dir, str(o.extra.get("data", "auto")))
+    train, test = pipelines(train, test, o.batch_size, device)
     net = make_net(widths).to(device)  # type: ignore[arg-type]
     if str(o.extra.get("whiten", "1")) != "0":
         images = train.column("image")[:5000]  # airbench estimates it from 5000 images
-        normalise = [tl.transforms.Rescale(1 / 255, 0), tl.transforms.Normalize(MEAN, STD),
-                     tl.transforms.HWC2CHW()]
-        for transform in normalise:
+        for transform in (tl.transforms.Rescale(1 / 255, 0), tl.transforms.Normalize(MEAN, STD),
+                          tl.transforms.HWC2CHW()):
             images = transform(images)
         whiten(net[0], images)
     sgd = optimizer(net, o.lr, o.batch_size)
-    steps = o.epochs * len(train)
-    schedule = torch.optim.lr_scheduler.LambdaLR(sgd, triangle(math.ceil(steps)))
+    schedule = torch.optim.lr_scheduler.LambdaLR(sgd, triangle(o.epochs * len(train)))
     loop = tl.TrainingLoop(train, test, optimizer=sgd, loss=smoothed_cross_entropy,
                            metrics=["accuracy"],
-                           callbacks=[tl.LearningRateScheduler(schedule), *outputs(o)])
+                           callbacks=[tl.LearningRateScheduler(schedule),
+                                      *(outputs(o) if callbacks is None else callbacks)])
     if device.type == "cuda" and o.precision == "32":
         o = dataclasses.replace(o, precision="bf16-mixed")
+    return loop, net, o
+
+
+def run(options: Options) -> tl.History:
+    """Train and return the History."""
+    loop, net, o = recipe(*datasets(options.data_dir, str(options.extra.get("data", "auto"))),
+                          options)
     return fit(loop, net, o)
