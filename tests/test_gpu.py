@@ -78,6 +78,9 @@ def test_sync_debug_sets_error_mode_on_cuda_and_restores_the_previous_one(monkey
 
 
 def test_a_host_sync_error_names_the_event_and_the_callback() -> None:
+    newer = RuntimeError("Synchronizing CUDA operation forced by Tensor.item()")
+    with pytest.raises(HostSyncError, match=r"ProgressPrinter .* at TRAINING_END"):
+        raise_if_host_sync(newer, "TRAINING_END", "ProgressPrinter")
     caught = RuntimeError("called a synchronizing CUDA operation")
     with pytest.raises(HostSyncError, match=r"CSVLogger.*BATCH_END.*sync_debug=True") as info:
         raise_if_host_sync(caught, "BATCH_END", "CSVLogger")
@@ -233,7 +236,7 @@ def test_reduce_overhead_equals_eager() -> None:
         return [p.detach().clone() for p in model.parameters()]
 
     for eager, graphed in zip(train(False), train({"mode": "reduce-overhead"})):
-        torch.testing.assert_close(graphed, eager, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(graphed, eager, rtol=1e-3, atol=1e-4)
 
 
 @cuda

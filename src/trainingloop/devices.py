@@ -16,8 +16,9 @@ import torch
 __all__ = ["HostSyncError", "move_to_device", "raise_if_host_sync", "resolve_device",
            "sync_debug", "synchronize", "try_gpu"]
 
-# The text of the RuntimeError that CUDA's sync debug mode "error" raises (c10/cuda).
-_SYNC_MESSAGE = "synchronizing CUDA operation"
+# In the RuntimeError that CUDA's sync debug mode "error" raises: "called a synchronizing CUDA
+# operation" (c10/cuda), "Synchronizing CUDA operation forced by Tensor.item()" in newer builds.
+_SYNC_MESSAGE = "synchronizing cuda operation"
 
 
 def try_gpu(i: int = 0) -> torch.device:
@@ -117,7 +118,7 @@ def sync_debug(enabled: bool, device: torch.device) -> Iterator[None]:
 def is_host_sync_error(error: BaseException) -> bool:
     """Whether ``error`` is the RuntimeError that sync debug mode ``"error"`` raises."""
     return (isinstance(error, RuntimeError) and not isinstance(error, HostSyncError)
-            and _SYNC_MESSAGE in str(error))
+            and _SYNC_MESSAGE in str(error).lower())
 
 
 def raise_if_host_sync(error: BaseException, event: str, callback: str) -> None:
