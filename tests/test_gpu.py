@@ -17,7 +17,7 @@ from torch import nn
 
 import trainingloop as tl
 from trainingloop.data import Prefetcher
-from trainingloop.devices import HostSyncError, raise_if_host_sync, sync_debug
+from trainingloop.devices import HostSyncError, raise_if_host_sync, sync_allowed, sync_debug
 
 ROOT = Path(__file__).parents[1]
 cuda = pytest.mark.cuda
@@ -75,6 +75,19 @@ def test_sync_debug_sets_error_mode_on_cuda_and_restores_the_previous_one(monkey
     with sync_debug(False, torch.device("cuda", 0)):
         pass
     assert len(calls) == 4  # off: the mode is not touched
+
+
+def test_sync_allowed_suspends_the_error_mode_and_restores_it(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    mode = {"now": 2}  # "error", as sync_debug leaves it
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: mode["now"])
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", lambda v: mode.update(now=v))
+    with sync_allowed():
+        assert mode["now"] == 0
+    assert mode["now"] == 2
+    mode["now"] = 0
+    with sync_allowed():  # off already: untouched
+        assert mode["now"] == 0
 
 
 def test_a_host_sync_error_names_the_event_and_the_callback() -> None:
@@ -193,6 +206,10 @@ def test_sync_debug_raises_on_a_real_host_read() -> None:
         x.sum().item()
     with pytest.raises(HostSyncError, match="at BATCH_END"):
         raise_if_host_sync(info.value, "BATCH_END", "a test")
+    with sync_debug(True, x.device):
+        with sync_allowed():
+            assert x.sum().item() == 4.0  # a read on purpose
+        assert torch.cuda.get_sync_debug_mode() == 2  # guarded again
     assert x.sum().item() == 4.0  # the mode is off again
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 __all__ = ["HostSyncError", "move_to_device", "raise_if_host_sync", "resolve_device",
-           "sync_debug", "synchronize", "try_gpu"]
+           "sync_allowed", "sync_debug", "synchronize", "try_gpu"]
 
 # In the RuntimeError that CUDA's sync debug mode "error" raises: "called a synchronizing CUDA
 # operation" (c10/cuda), "Synchronizing CUDA operation forced by Tensor.item()" in newer builds.
@@ -109,6 +109,24 @@ def sync_debug(enabled: bool, device: torch.device) -> Iterator[None]:
         return
     previous = torch.cuda.get_sync_debug_mode()
     torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
+@contextlib.contextmanager
+def sync_allowed() -> Iterator[None]:
+    """Suspend :func:`sync_debug` for a read made on purpose inside a batch (the fp16
+    GradScaler's inf check, a checkpoint's copy to the host); the mode in force is restored.
+
+    A no-op when sync debugging is off or there is no CUDA.
+    """
+    if not torch.cuda.is_available() or torch.cuda.get_sync_debug_mode() == 0:
+        yield
+        return
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(0)
     try:
         yield
     finally:
