@@ -2,6 +2,7 @@
 
     python benchmarks/gpu.py            # on a CUDA machine
     python benchmarks/gpu.py --smoke    # every row at tiny sizes on the CPU (CI: the script works)
+    python benchmarks/gpu.py --only gpt data   # some groups: workloads, gpt, data, airbench
 
 Rows: W1 and W3 (benchmarks/workloads.py) through ``fit`` and through the hand-written loop,
 eager, ``compile=True`` and ``compile={"mode": "reduce-overhead"}``, and ``fit`` again with
@@ -126,10 +127,14 @@ def hand_loop(w: Workload, device: torch.device, compile: Any) -> Callable[[list
     return run
 
 
-def fit_loop(w: Workload, device: torch.device, compile: Any, sync: bool
-             ) -> Callable[[list, list], None]:
-    model = w._build().to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=w.lr)
+def fit_loop(w: Workload, device: torch.device, compile: Any, sync: bool,
+             parts: dict[str, Any]) -> Callable[[list, list], None]:
+    """``fit`` on the model and optimizer in ``parts`` (made on first use): the run with
+    ``sync_debug`` reuses the plain run's, and so its compiled graphs (no second compile)."""
+    if not parts:
+        parts["model"] = w._build().to(device)
+        parts["optimizer"] = torch.optim.SGD(parts["model"].parameters(), lr=w.lr)
+    model, optimizer = parts["model"], parts["optimizer"]
     options: dict[str, Any] = {"sync_debug": True} if sync else {}
 
     def run(train: list, validation: list) -> None:
@@ -169,6 +174,7 @@ def workloads(table: Table, device: torch.device, smoke: bool) -> None:
             hand = table.attempt(f"{name} hand", setting, "examples/s", lambda: (
                 rate(hand_loop(w, device, compile), data, warm, device), note))  # noqa: B023
             variants = [("", False), (" + sync_debug=True", True)]
+            parts: dict[str, Any] = {}
             for suffix, sync in variants:
                 if sync and not FIT_HAS_SYNC_DEBUG:
                     table.row(f"{name} fit", setting + suffix, None, "examples/s",
@@ -177,9 +183,10 @@ def workloads(table: Table, device: torch.device, smoke: bool) -> None:
 
                 def measure(sync: bool = sync, compile: Any = compile, note: str = note,
                             hand: float | None = hand, w: Workload = w,
-                            data: tuple[list, list] = data, warm: tuple[list, list] = warm
-                            ) -> tuple[float, str]:
-                    value = rate(fit_loop(w, device, compile, sync), data, warm, device)
+                            data: tuple[list, list] = data, warm: tuple[list, list] = warm,
+                            parts: dict[str, Any] = parts) -> tuple[float, str]:
+                    run = fit_loop(w, device, compile, sync, parts)
+                    value = rate(run, data, warm, device)
                     passed = ("passed: no host sync in any batch" if cuda else "a no-op off CUDA"
                               ) if sync else ""
                     ratio = f"{value / hand:.3f} of hand" if hand else ""
@@ -301,11 +308,17 @@ def airbench(table: Table, device: torch.device, smoke: bool) -> None:
         table.attempt("airbench", setting, "s/epoch", measure)
 
 
+GROUPS: dict[str, Callable[[Table, torch.device, bool], None]] = {
+    "workloads": workloads, "gpt": gpt, "data": cifar_data, "airbench": airbench}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true",
                         help="tiny sizes on the CPU: prove the script runs (CI)")
+    parser.add_argument("--only", nargs="+", choices=list(GROUPS), default=list(GROUPS),
+                        help="run only these groups of rows (a rerun under a deadline)")
     args = parser.parse_args()
     device = torch.device("cpu") if args.smoke else tl.devices.resolve_device("auto")
     if not args.smoke and device.type != "cuda":
@@ -314,10 +327,8 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (smoke)"
     print(f"device: {name}; torch {torch.__version__}; fit has sync_debug: {FIT_HAS_SYNC_DEBUG}")
     table = Table()
-    workloads(table, device, args.smoke)
-    gpt(table, device, args.smoke)
-    cifar_data(table, device, args.smoke)
-    airbench(table, device, args.smoke)
+    for group in args.only:
+        GROUPS[group](table, device, args.smoke)
     print(f"total {time.perf_counter() - started:.0f} s")
 
 
