@@ -1,7 +1,8 @@
 """Devices: choosing one, checking it exists, and moving nested batches onto it.
 
 Owns ``device="auto"`` resolution, :func:`try_gpu` (as in d2l), :func:`move_to_device`, and the
-host-sync guard :func:`sync_debug` with :func:`raise_if_host_sync`, which names the culprit.
+host-sync guard :func:`sync_debug` (:func:`sync_allowed` lifts it for a read made on purpose)
+with :func:`raise_if_host_sync`, which names the culprit.
 Knows nothing of training: the loop tells them which event and callback were running.
 """
 
