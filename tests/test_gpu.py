@@ -126,9 +126,13 @@ def test_prefetcher_passes_length_epoch_state_and_batch_size_through() -> None:
     resumed = Prefetcher(batched(), "cpu")
     resumed.load_state_dict(state)
     assert_same(list(resumed), rest)
+    sharded = prefetcher.shard(1, 2)
+    assert isinstance(sharded, Prefetcher) and sharded.shard_sizes() == data.shard(1, 2).shard_sizes()
+    assert_same(list(sharded), list(data.shard(1, 2)))
     bare = Prefetcher([(torch.ones(1), torch.ones(1))], "cpu")  # a list has none of them
     assert not any(hasattr(bare, name) for name in
-                   ("set_epoch", "state_dict", "load_state_dict", "batch_size"))
+                   ("set_epoch", "state_dict", "load_state_dict", "batch_size", "shard",
+                    "shard_sizes"))
     with pytest.raises(TypeError):
         len(Prefetcher(iter([]), "cpu"))
 

@@ -45,9 +45,10 @@ class Prefetcher:
     On CUDA each batch (nested tuples/lists/dicts of tensors) is pinned and copied with
     ``non_blocking=True`` on a side stream one batch ahead; the consumer stream waits on the
     copy's event, so there is no host sync. Elsewhere it yields ``data``'s batches unchanged.
-    ``len``, ``set_epoch``, ``state_dict``/``load_state_dict`` and ``batch_size`` are the
-    wrapped data's where it has them; ``state_dict`` counts only the batches handed out, not
-    the one fetched ahead, so an exact resume continues at the right batch.
+    ``len``, ``set_epoch``, ``state_dict``/``load_state_dict``, ``batch_size`` and (for
+    ``torchrun``) ``shard``/``shard_sizes`` are the wrapped data's where it has them;
+    ``state_dict`` counts only the batches handed out, not the one fetched ahead, so an exact
+    resume continues at the right batch. (A wrapped DataLoader is not sharded by the loop.)
 
     >>> batches = [(torch.ones(2, 3), torch.zeros(2))]
     >>> [x.shape for x, _ in Prefetcher(batches, "cpu")]
@@ -68,6 +69,10 @@ class Prefetcher:
             self.batch_size = data.batch_size  # type: ignore[attr-defined]
         if hasattr(data, "sampler"):  # a DataLoader's DistributedSampler gets set_epoch
             self.sampler = data.sampler  # type: ignore[attr-defined]
+        if callable(getattr(data, "shard_sizes", None)):  # padding left out of the metrics
+            self.shard_sizes = data.shard_sizes  # type: ignore[attr-defined]
+        if callable(getattr(data, "shard", None)):  # the loop shards it under torchrun
+            self.shard = self._shard
 
     def __len__(self) -> int:
         return len(self.data)  # type: ignore[arg-type]  # TypeError when data has no length
@@ -77,6 +82,9 @@ class Prefetcher:
         if self.device.type != "cuda":
             return iter(self.data)
         return self._ahead(self._cuda_copier())
+
+    def _shard(self, rank: int, world_size: int) -> Prefetcher:
+        return Prefetcher(self.data.shard(rank, world_size), self.device)  # type: ignore[attr-defined]
 
     def _state_dict(self) -> dict[str, Any]:
         return self._state if self._state is not None else self.data.state_dict()  # type: ignore[attr-defined]
