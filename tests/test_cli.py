@@ -20,7 +20,8 @@ def test_list(capsys) -> None:  # type: ignore[no-untyped-def]
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert names == ["digits", "linear-regression", "softmax-fashion-mnist",
                      "lenet-fashion-mnist", "mlp-mnist", "lenet-mnist", "resnet-cifar10",
-                     "bert-cola", "gpt-wikitext2", "gpt-shakespeare", "nanogpt-shakespeare"]
+                     "airbench-cifar10", "bert-cola", "gpt-wikitext2", "gpt-shakespeare",
+                     "nanogpt-shakespeare"]
 
 
 def test_run_writes_every_output_and_resumes(tmp_path: Path) -> None:

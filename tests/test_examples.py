@@ -98,6 +98,29 @@ def test_resnet_cifar10_subset_runs_end_to_end(tmp_path: Path) -> None:
     assert torch.isfinite(torch.tensor(history["train/loss"])).all()
 
 
+def test_airbench_cifar10_one_subset_epoch_on_the_cpu_beats_chance(tmp_path: Path) -> None:
+    # airbench's recipe (whitening, label smoothing, its SGD and schedule) at narrow widths and
+    # batch 256 so that one epoch of the 4000-image subset has 16 steps and runs in CI.
+    history = run("airbench-cifar10", tmp_path, epochs=1, batch_size=256, device="cpu",
+                  extra={"data": "subset", "widths": "16,32,32"})
+    assert history["validation/accuracy"][-1] > 0.15  # 10 classes: chance is 0.1
+    assert torch.isfinite(torch.tensor(history["train/loss"])).all()
+    assert (tmp_path / "airbench-cifar10" / "log.csv").exists()
+
+
+def test_airbench_whitening_decorrelates_the_patches() -> None:
+    airbench = load("airbench-cifar10")
+    g = torch.Generator().manual_seed(0)
+    mix = torch.randn(3, 3, generator=g)  # correlated channels
+    images = torch.einsum("ij,njhw->nihw", mix, torch.randn(64, 3, 16, 16, generator=g))
+    conv = torch.nn.Conv2d(3, 24, kernel_size=2, bias=False)
+    airbench.whiten(conv, images, eps=0.0)
+    out = conv(images)[:, :12].permute(0, 2, 3, 1).reshape(-1, 12)
+    covariance = out.T @ out / len(out)
+    torch.testing.assert_close(covariance, torch.eye(12), atol=1e-3, rtol=0)
+    assert not conv.weight.requires_grad
+
+
 def test_resnet_cifar10_names_the_copy_it_reads(tmp_path: Path) -> None:
     resnet = load("resnet-cifar10")
     subset = str(DATA_ROOT / "cifar-10-subset")

@@ -1,16 +1,25 @@
 """Devices: choosing one, checking it exists, and moving nested batches onto it.
 
-Owns ``device="auto"`` resolution, :func:`try_gpu` (as in d2l) and :func:`move_to_device`.
-Knows nothing of training.
+Owns ``device="auto"`` resolution, :func:`try_gpu` (as in d2l), :func:`move_to_device`, and the
+host-sync guard :func:`sync_debug` (:func:`sync_allowed` lifts it for a read made on purpose)
+with :func:`raise_if_host_sync`, which names the culprit.
+Knows nothing of training: the loop tells them which event and callback were running.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-__all__ = ["move_to_device", "resolve_device", "synchronize", "try_gpu"]
+__all__ = ["HostSyncError", "move_to_device", "raise_if_host_sync", "resolve_device",
+           "sync_allowed", "sync_debug", "synchronize", "try_gpu"]
+
+# In the RuntimeError that CUDA's sync debug mode "error" raises: "called a synchronizing CUDA
+# operation" (c10/cuda), "Synchronizing CUDA operation forced by Tensor.item()" in newer builds.
+_SYNC_MESSAGE = "synchronizing cuda operation"
 
 
 def try_gpu(i: int = 0) -> torch.device:
@@ -79,3 +88,67 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+class HostSyncError(RuntimeError):
+    """A host-device synchronisation happened inside a batch while ``sync_debug`` was on."""
+
+
+@contextlib.contextmanager
+def sync_debug(enabled: bool, device: torch.device) -> Iterator[None]:
+    """Make any host-device sync inside the block an error (CUDA's sync debug mode ``"error"``).
+
+    Only when ``enabled`` and ``device`` is a CUDA device; elsewhere (and when off) a no-op. The
+    previous mode is restored on exit, also when the block raises. The loop wraps each batch in
+    it, so phase boundaries, where it reads metrics on purpose, stay free to sync.
+
+    >>> with sync_debug(True, torch.device("cpu")):  # nothing to guard on the CPU
+    ...     _ = torch.ones(2).sum().item()
+    """
+    if not (enabled and device.type == "cuda"):
+        yield
+        return
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
+@contextlib.contextmanager
+def sync_allowed() -> Iterator[None]:
+    """Suspend :func:`sync_debug` for a read made on purpose inside a batch (the fp16
+    GradScaler's inf check, a checkpoint's copy to the host); the mode in force is restored.
+
+    A no-op when sync debugging is off or there is no CUDA.
+    """
+    if not torch.cuda.is_available() or torch.cuda.get_sync_debug_mode() == 0:
+        yield
+        return
+    previous = torch.cuda.get_sync_debug_mode()
+    torch.cuda.set_sync_debug_mode(0)
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode(previous)
+
+
+def is_host_sync_error(error: BaseException) -> bool:
+    """Whether ``error`` is the RuntimeError that sync debug mode ``"error"`` raises."""
+    return (isinstance(error, RuntimeError) and not isinstance(error, HostSyncError)
+            and _SYNC_MESSAGE in str(error).lower())
+
+
+def raise_if_host_sync(error: BaseException, event: str, callback: str) -> None:
+    """Raise a :class:`HostSyncError` naming ``event`` and ``callback`` if ``error`` is a host
+    sync caught by :func:`sync_debug`; otherwise return (the caller re-raises ``error``).
+
+    >>> raise_if_host_sync(ValueError("unrelated"), "BATCH_END", "CSVLogger")  # returns
+    """
+    if is_host_sync_error(error):
+        raise HostSyncError(
+            f"{callback} synchronised the host with the device at {event} while "
+            f"sync_debug=True (a .item(), float(), print or .cpu() of a CUDA tensor, or a "
+            f"data-dependent shape): keep per-batch values on the device and read them at a "
+            f"phase end") from error

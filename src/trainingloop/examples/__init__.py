@@ -25,6 +25,7 @@ EXAMPLES: dict[str, str] = {
     "mlp-mnist": "trainingloop.examples.mlp_mnist",
     "lenet-mnist": "trainingloop.examples.lenet_mnist",
     "resnet-cifar10": "trainingloop.examples.resnet_cifar10",
+    "airbench-cifar10": "trainingloop.examples.airbench_cifar10",
     "bert-cola": "trainingloop.examples.bert_cola",
     "gpt-wikitext2": "trainingloop.examples.gpt_wikitext2",
     "gpt-shakespeare": "trainingloop.examples.gpt_shakespeare",
