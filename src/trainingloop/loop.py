@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from trainingloop import _compat, checkpointing, distributed, resume
+from trainingloop import _compat, checkpointing, devices, distributed, resume
 from trainingloop.callbacks.base import Handler, resolve_handlers
 from trainingloop.callbacks.checkpoint import Checkpoint
 from trainingloop.devices import move_to_device, resolve_device, synchronize
@@ -188,6 +188,7 @@ class TrainingLoop:
         self._losses: Tape | None = None  # this training phase's losses, to find a NaN
         self._warming_up = False
         self._padding: distributed.Padding | None = None  # a shard's, kept out of metrics
+        self._sync_debug = False  # fit(sync_debug=True): host syncs inside a batch are errors
 
     # -- public API ----------------------------------------------------------------------------
     def fit(
@@ -206,6 +207,7 @@ class TrainingLoop:
         strategy: str = "ddp",
         steps_per_epoch: int | None = None,
         validation_steps: int | None = None,
+        sync_debug: bool = False,
     ) -> History:
         """Train ``model`` for ``epochs`` epochs and return the History.
 
@@ -219,6 +221,8 @@ class TrainingLoop:
         in Keras; needed for data without a length); ``validation_steps=v`` validates on the
         first v batches. SIGTERM ends the fit after the current batch (with a checkpoint, if
         a ``tl.Checkpoint`` is there) and raises :class:`~trainingloop.Preempted`.
+        ``sync_debug=True`` (CUDA) makes any host-device sync inside a batch an error that
+        names the event and the callback (phase boundaries, where metrics are read, may sync).
         """
         if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
             raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
@@ -243,6 +247,7 @@ class TrainingLoop:
             first_epoch = self._begin(model, epochs, session, device, [*self.callbacks, *callbacks],
                                       options, step, strategy, resume, steps_per_epoch,
                                       validation_steps)
+            self._sync_debug = bool(sync_debug)
         except BaseException:
             session.close(failed=True)
             raise
@@ -385,9 +390,10 @@ class TrainingLoop:
         with torch.set_grad_enabled(training):
             batches = self._batches(run.data, training)
             for self.batch_index, batch in batches:
-                self._take(batch)
-                self._with_events(Event.BATCH_START, Event.BATCH_END, CancelBatch,
-                                  self._run_step, run, before_end=self._end_batch)
+                self._take(batch)  # a host-to-device copy: outside the sync check
+                with devices.sync_debug(self._sync_debug, self.device):
+                    self._with_events(Event.BATCH_START, Event.BATCH_END, CancelBatch,
+                                      self._run_step, run, before_end=self._end_batch)
                 run.batches += 1
                 if training and self._warming_up:  # exclude compilation from the rate
                     self._warming_up = False
@@ -404,6 +410,13 @@ class TrainingLoop:
                     self._update()
 
     def _run_step(self, run: _PhaseRun) -> None:
+        try:
+            self._step_and_measure(run)
+        except Exception as error:
+            devices.raise_if_host_sync(error, "the step", "the training loop or the step")
+            raise
+
+    def _step_and_measure(self, run: _PhaseRun) -> None:
         assert self._step is not None
         if self.is_training:
             step = self.global_step
@@ -479,6 +492,7 @@ class TrainingLoop:
         except LoopControl:
             raise
         except Exception as error:
+            devices.raise_if_host_sync(error, event.name, f"callback {label}")
             _compat.add_note(error, f"raised by callback {label} at {event.name}")
             raise
 

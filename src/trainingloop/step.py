@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from trainingloop import _compat
+from trainingloop.devices import sync_allowed
 from trainingloop.events import CancelBatch, Event
 
 __all__ = ["PRECISIONS", "BatchError", "Step", "StepOptions", "describe"]
@@ -269,7 +270,8 @@ class Step:
         """
         self.pending = 0
         if self.scaler is not None and not self.is_updater:
-            self.scaler.unscale_(self.optimizer)  # type: ignore[arg-type]
+            with sync_allowed():
+                self.scaler.unscale_(self.optimizer)  # type: ignore[arg-type]
         try:
             self.fire(Event.UPDATE_START)
         except CancelBatch:
@@ -278,8 +280,9 @@ class Step:
         if self.options.clip_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_(self.parameters, self.options.clip_grad_norm)
         if self.scaler is not None and not self.is_updater:
-            self.scaler.step(self.optimizer)  # type: ignore[arg-type]
-            self.scaler.update()
+            with sync_allowed():  # the fp16 scaler reads its inf flag on the host: by design
+                self.scaler.step(self.optimizer)  # type: ignore[arg-type]
+                self.scaler.update()
         else:
             try:
                 self.optimizer_step()

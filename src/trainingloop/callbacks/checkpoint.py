@@ -21,6 +21,7 @@ import torch
 
 from trainingloop import checkpointing
 from trainingloop.callbacks.base import Callback
+from trainingloop.devices import sync_allowed
 from trainingloop.resume import Phase
 
 if TYPE_CHECKING:
@@ -83,7 +84,8 @@ class Checkpoint(Callback):
             or (self.every_n_minutes is not None
                 and _clock() - self._saved_at >= 60 * self.every_n_minutes))
         if due:
-            loop.check_finite()
+            with sync_allowed():  # one read per checkpoint, on purpose
+                loop.check_finite()
             name = f"epoch={loop.epoch_index + 1:04d}-step={loop.global_step:07d}"
             loop.call_after_event(lambda: self.save(loop, name))
 
@@ -105,7 +107,14 @@ class Checkpoint(Callback):
 
     # -- saving ----------------------------------------------------------------------------
     def save(self, loop: TrainingLoop, name: str) -> Path | None:
-        """Write a checkpoint named ``name`` now; returns its path (None where not rank 0)."""
+        """Write a checkpoint named ``name`` now; returns its path (None where not rank 0).
+
+        Copying the state to the host is a sync, made on purpose (``sync_debug`` allows it).
+        """
+        with sync_allowed():
+            return self._save(loop, name)
+
+    def _save(self, loop: TrainingLoop, name: str) -> Path | None:
         assert loop.model is not None
         from trainingloop import distributed
 
