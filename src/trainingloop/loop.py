@@ -331,7 +331,8 @@ class TrainingLoop:
                  Event.EPOCH_END: 1, Event.FIT_END: 0}
         width = max(len(event.name) + 2 * depth[event] for event in Event)
         for event in Event:
-            names = ", ".join(label for label, _ in handlers[event]) or "-"
+            names = ", ".join(label.rsplit(".<locals>.", 1)[-1]  # a function's own name
+                              for label, _ in handlers[event]) or "-"
             print(f"{'  ' * depth[event] + event.name:<{width}}  {names}")
 
     def call_after_event(self, action: Callable[[], None]) -> None:
