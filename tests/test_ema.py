@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -177,3 +179,27 @@ def test_ema_with_compile_matches_eager() -> None:
         assert torch.allclose(eager[key].double(), compiled[key].double(), atol=1e-5), key
     assert compiled_history["validation/loss"] == pytest.approx(
         eager_history["validation/loss"], rel=1e-4)
+
+
+def test_ema_under_ddp_matches_one_process_with_twice_the_batch(tmp_path: Path) -> None:
+    import json
+
+    from test_distributed import WORKER, _env, torchrun
+
+    single = tmp_path / "single"
+    single.mkdir()
+    done = subprocess.run([sys.executable, str(WORKER), str(single), "--batch", "16", "--ema"],
+                          capture_output=True, text=True, env=_env(), timeout=240)
+    assert done.returncode == 0, done.stderr[-4000:]
+    torchrun(tmp_path, "--batch", "8", "--ema")
+    one = torch.load(single / "ema.pt", weights_only=True)
+    two = torch.load(tmp_path / "ema.pt", weights_only=True)
+    assert one.keys() == two.keys()
+    for key in one:
+        assert torch.allclose(one[key], two[key], atol=1e-5), key
+    final = torch.load(tmp_path / "final.pt", weights_only=True)
+    assert not torch.allclose(final["0.weight"], two["0.weight"])  # an average, not the weights
+    ours = json.loads((tmp_path / "history.json").read_text())
+    reference = json.loads((single / "history.json").read_text())
+    assert [e["validation/loss"] for e in ours] == pytest.approx(
+        [e["validation/loss"] for e in reference], abs=1e-6)
