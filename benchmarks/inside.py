@@ -50,9 +50,11 @@ def main() -> None:
     run(data[:50], validation, device, False)  # warm-up both paths
     run(data[:50], validation, device, True)
     plain, inside = [], []
-    for _ in range(args.repeats):
+    for i in range(args.repeats):
         plain.append(run(data, validation, device, False))
         inside.append(run(data, validation, device, True))
+        print(f"pair {i + 1}: {plain[-1]:.3f} s, {inside[-1]:.3f} s "
+              f"(ratio {inside[-1] / plain[-1]:.3f})", flush=True)
     ratio = statistics.median(inside) / statistics.median(plain)
     ratios = [b / a for a, b in zip(plain, inside)]
     print(f"device {device}, {args.steps} steps, {args.repeats} interleaved runs, "

@@ -109,6 +109,9 @@ class TrainingLoop:
     the parameters from their gradients (the loop zeroes them afterwards). ``loss`` is
     ``loss(output, target) -> scalar tensor``. ``metrics`` are names or Metric objects; the loss
     is always recorded, first. Default callbacks (the progress printer) run before the others.
+    A callback may contribute metrics through a ``metrics`` list (``GradientMonitor``'s
+    ``grad_norm``): they follow the loop's own for that fit (``training_only`` ones are left
+    out of validation).
     """
 
     def __init__(
