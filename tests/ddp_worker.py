@@ -1,9 +1,10 @@
 """Data-parallel training for the distributed tests; run under torch.distributed.run.
 
     python -m torch.distributed.run --nproc-per-node 2 tests/ddp_worker.py DIR [--batch 8]
-        [--strategy ddp|fsdp] [--kill STEP] [--resume] [--accumulate K] [--count-syncs]
+        [--strategy ddp|fsdp] [--kill STEP] [--resume] [--accumulate K] [--count-syncs] [--ema]
 
-Writes ``DIR/final.pt`` (rank 0) and ``DIR/history.json``; also runnable as one process.
+Writes ``DIR/final.pt`` (rank 0) and ``DIR/history.json`` (with ``--ema``, also the averaged
+weights in ``DIR/ema.pt``); also runnable as one process.
 ``--count-syncs`` counts the gradient collectives (DDP's all-reduces through a communication
 hook, FSDP2's reduce-scatters by patching ``torch.distributed.reduce_scatter_single``) and
 writes ``DIR/syncs-rank<r>.json``: ``{"collectives": n, "updates": optimizer updates}``.
@@ -33,6 +34,7 @@ def main() -> None:
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--accumulate", type=int, default=1)
     parser.add_argument("--count-syncs", action="store_true")
+    parser.add_argument("--ema", action="store_true")
     args = parser.parse_args()
     own_group = args.strategy == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1
     if own_group:  # keep the group after fit: gathering FSDP's shards needs it
@@ -49,6 +51,8 @@ def main() -> None:
                        tl.Checkpoint(args.dir / "checkpoints", every_n_steps=2)]
     if os.environ.get("NO_CHECKPOINT"):
         callbacks.pop()
+    if args.ema:
+        callbacks.append(tl.EMA(decay=0.9))
     if args.kill is not None:
         def kill(loop: tl.TrainingLoop, event: tl.Event) -> None:
             if event is tl.Event.BATCH_END and loop.is_training and loop.global_step == args.kill:
@@ -90,6 +94,8 @@ def main() -> None:
     if distributed.is_main_process():
         torch.save(state, args.dir / "final.pt")
         (args.dir / "history.json").write_text(json.dumps(history.epochs))
+        if args.ema:
+            torch.save(tl.EMA.averaged(loop).state_dict(), args.dir / "ema.pt")
     if args.count_syncs:  # one file per rank: two ranks never write one file
         (args.dir / f"syncs-rank{os.environ.get('RANK', '0')}.json").write_text(
             json.dumps({"collectives": collectives, "updates": loop.global_step}))

@@ -169,3 +169,59 @@ def test_early_stopping_max_mode_and_unknown_key() -> None:
     with pytest.raises(KeyError, match="validation/acc"):
         loop.fit(model, epochs=1, device="cpu")
     assert not math.isnan(history["train/loss"][0])
+
+
+SCORES = [1.0, 0.5, 0.6, 0.55, 0.49, 0.7, 0.8, 0.9, 1.0, 1.1]  # best at epoch 5
+
+
+def _restoring(directory: Path, patience: int, *extra: object
+               ) -> tuple[tl.TrainingLoop, torch.nn.Module, tl.EarlyStopping]:
+    def score(loop: tl.TrainingLoop, event: tl.Event) -> None:
+        if event is tl.Event.VALIDATION_END:
+            loop.history.epochs[-1]["validation/score"] = SCORES[loop.epoch_index]
+
+    torch.manual_seed(0)
+    stopper = tl.EarlyStopping(monitor="validation/score", patience=patience, restore_best=True)
+    loop, model = _loop([score, tl.Checkpoint(directory, monitor="validation/score"), stopper,
+                         *extra])
+    return loop, model, stopper
+
+
+def _saved(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def _assert_weights(model: torch.nn.Module, expected: dict[str, torch.Tensor]) -> None:
+    state = model.state_dict()
+    assert state.keys() == expected.keys()
+    for key in state:
+        assert torch.equal(state[key], expected[key]), key
+
+
+@pytest.mark.parametrize("patience", [20, 3])  # runs all 10 epochs; stops after epoch 8
+def test_restore_best_ends_with_the_best_checkpoints_weights(tmp_path: Path,
+                                                             patience: int) -> None:
+    loop, model, stopper = _restoring(tmp_path, patience)
+    history = loop.fit(model, epochs=10, device="cpu")
+    assert len(history.epochs) == (10 if patience == 20 else 8) and stopper.best_epoch == 5
+    assert (tmp_path / "best").resolve().name == "epoch=0005-end"
+    _assert_weights(model, _saved(tmp_path / "best"))
+    last = _saved(tmp_path / "last")
+    assert not torch.equal(model.weight, last["weight"])  # not simply the last epoch's
+
+
+def test_restore_best_survives_a_crash_and_resume(tmp_path: Path) -> None:
+    def crash(loop: tl.TrainingLoop, event: tl.Event) -> None:
+        if event is tl.Event.EPOCH_START and loop.epoch_index == 6:
+            raise RuntimeError("power cut")
+
+    loop, model, _ = _restoring(tmp_path, 10, crash)
+    with pytest.raises(RuntimeError, match="power cut"):
+        loop.fit(model, epochs=8, device="cpu")
+    assert (tmp_path / "last").resolve().name == "epoch=0006-end"
+    loop, model, stopper = _restoring(tmp_path, 10)
+    loop.fit(model, epochs=8, device="cpu", resume=True)
+    assert stopper.best_epoch == 5
+    _assert_weights(model, _saved(tmp_path / "best"))

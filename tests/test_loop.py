@@ -162,7 +162,8 @@ def test_non_pair_batch_is_named() -> None:
         loop.fit(model, epochs=1, device="cpu")
 
 
-def _count_host_reads(monkeypatch: pytest.MonkeyPatch, batches: int) -> int:
+def _count_host_reads(monkeypatch: pytest.MonkeyPatch, batches: int,
+                      extra: tuple[str, ...] = ()) -> int:
     reads = [0]
     for name in ("item", "__float__", "__int__", "__bool__", "tolist"):
         original = getattr(torch.Tensor, name)
@@ -177,17 +178,21 @@ def _count_host_reads(monkeypatch: pytest.MonkeyPatch, batches: int) -> int:
         classification_batches(batches), classification_batches(2, seed=1),
         optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
         loss=torch.nn.functional.cross_entropy, metrics=["accuracy", "top5_accuracy", "mcc"],
-        callbacks=[ProgressPrinter(stream=io.StringIO())],
+        callbacks=[ProgressPrinter(stream=io.StringIO()),
+                   *[getattr(tl, name)() for name in extra]],
     )
     loop.fit(model, epochs=2, device="cpu")
     monkeypatch.undo()
     return reads[0]
 
 
-def test_no_host_reads_per_training_step(monkeypatch: pytest.MonkeyPatch) -> None:
-    few, many = _count_host_reads(monkeypatch, 5), _count_host_reads(monkeypatch, 50)
+@pytest.mark.parametrize("extra", [(), ("EMA", "GradientMonitor")])
+def test_no_host_reads_per_training_step(monkeypatch: pytest.MonkeyPatch,
+                                         extra: tuple[str, ...]) -> None:
+    few = _count_host_reads(monkeypatch, 5, extra)
+    many = _count_host_reads(monkeypatch, 50, extra)
     assert few == many, f"host reads grow with steps: {few} for 5 batches, {many} for 50"
-    assert few <= 2 * 2 * 4 * 2  # epochs x phases x metrics, read at phase ends (x2 slack)
+    assert few <= 2 * 2 * 5 * 2  # epochs x phases x metrics, read at phase ends (x2 slack)
 
 
 def test_progress_printer_plain_format() -> None:
@@ -343,3 +348,22 @@ def test_evaluate_twice_with_dropout_and_batchnorm_is_repeatable_and_changes_no_
     assert first["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(),
                                           rel=1e-6)
     assert first["accuracy"] == pytest.approx((logits.argmax(1) == y).float().mean().item())
+
+
+def test_show_lists_each_event_in_order_with_its_callbacks(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    def everything(loop: tl.TrainingLoop, event: tl.Event) -> None:
+        pass
+
+    loop, _ = _small_loop(include_default_callbacks=True,
+                          callbacks=[tl.EMA(), tl.GradientMonitor(), everything])
+    loop.show()
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines] == [event.name for event in tl.Event]
+    listeners = {line.split()[0]: line.split(None, 1)[1].split(", ") for line in lines}
+    assert listeners["FIT_START"] == ["ProgressPrinter", "EMA", "GradientMonitor", "everything"]
+    assert listeners["UPDATE_START"] == ["GradientMonitor", "everything"]
+    assert listeners["BATCH_END"] == ["ProgressPrinter", "EMA", "everything"]
+    assert listeners["VALIDATION_START"] == ["ProgressPrinter", "EMA", "everything"]
+    assert listeners["INFERENCE_PREDICTION_END"] == ["everything"]
+    assert lines[2].startswith("    TRAINING_START")  # nested as the loop runs them

@@ -40,6 +40,12 @@ _LAZY = {
     "ProgressPlot": "trainingloop.callbacks.progress_plot",
     "Checkpoint": "trainingloop.callbacks.checkpoint",
     "EarlyStopping": "trainingloop.callbacks.early_stopping",
+    "EMA": "trainingloop.callbacks.ema",
+    "GradientMonitor": "trainingloop.callbacks.gradient_monitor",
+    "Profiler": "trainingloop.callbacks.profiler",
+    "lr_find": "trainingloop.lr_finder",
+    "LRFinderResult": "trainingloop.lr_finder",
+    "summary": "trainingloop.model_summary",
     "make_schedule": "trainingloop.schedules",
     "ScheduleSegment": "trainingloop.schedules",
 }
@@ -55,6 +61,7 @@ _LAZY_MODULES = {
 }
 
 __all__ = [
+    "EMA",
     "BatchError",
     "CSVLogger",
     "Callback",
@@ -66,16 +73,21 @@ __all__ = [
     "Checkpoint",
     "EarlyStopping",
     "Event",
+    "GradientMonitor",
     "History",
+    "LRFinderResult",
     "LearningRateScheduler",
     "NonFiniteLossError",
     "Preempted",
+    "Profiler",
     "ProgressPlot",
     "ProgressPrinter",
     "ScheduleSegment",
     "TensorBoardLogger",
     "TrainingLoop",
+    "lr_find",
     "make_schedule",
+    "summary",
     "try_gpu",
 ]
 
@@ -102,8 +114,13 @@ if TYPE_CHECKING:
     from trainingloop.callbacks.checkpoint import Checkpoint
     from trainingloop.callbacks.csv_logger import CSVLogger
     from trainingloop.callbacks.early_stopping import EarlyStopping
+    from trainingloop.callbacks.ema import EMA
+    from trainingloop.callbacks.gradient_monitor import GradientMonitor
     from trainingloop.callbacks.lr_scheduler import LearningRateScheduler
+    from trainingloop.callbacks.profiler import Profiler
     from trainingloop.callbacks.progress import ProgressPrinter
     from trainingloop.callbacks.progress_plot import ProgressPlot
     from trainingloop.callbacks.tensorboard import TensorBoardLogger
+    from trainingloop.lr_finder import LRFinderResult, lr_find
+    from trainingloop.model_summary import summary
     from trainingloop.schedules import ScheduleSegment, make_schedule, shapes  # noqa: F401

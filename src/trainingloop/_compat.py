@@ -27,3 +27,16 @@ def autocast(device_type: str, dtype: torch.dtype | None) -> contextlib.Abstract
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device_type, dtype=dtype)
+
+
+def total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The 2-norm of ``tensors`` taken together, as ``clip_grad_norm_`` computes it, on the
+    device (``torch.nn.utils.get_total_norm`` from torch 2.6; the same sum of norms before)."""
+    get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)
+    if get_total_norm is not None:
+        return get_total_norm(tensors)
+    if not tensors:
+        return torch.tensor(0.0)
+    device = tensors[0].device
+    return torch.linalg.vector_norm(
+        torch.stack([torch.linalg.vector_norm(t).to(device) for t in tensors]))

@@ -118,6 +118,9 @@ class TrainingLoop:
     the parameters from their gradients (the loop zeroes them afterwards). ``loss`` is
     ``loss(output, target) -> scalar tensor``. ``metrics`` are names or Metric objects; the loss
     is always recorded, first. Default callbacks (the progress printer) run before the others.
+    A callback may contribute metrics through a ``metrics`` list (``GradientMonitor``'s
+    ``grad_norm``): they follow the loop's own for that fit (``training_only`` ones are left
+    out of validation).
     """
 
     def __init__(
@@ -189,6 +192,7 @@ class TrainingLoop:
         self._warming_up = False
         self._padding: distributed.Padding | None = None  # a shard's, kept out of metrics
         self._sync_debug = False  # fit(sync_debug=True): host syncs inside a batch are errors
+        self._callback_metrics: list[Metric] = []  # this fit's metrics from callbacks
 
     # -- public API ----------------------------------------------------------------------------
     def fit(
@@ -249,6 +253,7 @@ class TrainingLoop:
                                       validation_steps)
             self._sync_debug = bool(sync_debug)
         except BaseException:
+            self._remove_callback_metrics()
             session.close(failed=True)
             raise
         failed = False
@@ -262,6 +267,7 @@ class TrainingLoop:
         finally:
             assert self._step is not None
             self._step.close()
+            self._remove_callback_metrics()
             session.close(failed)
         return self.history
 
@@ -319,7 +325,8 @@ class TrainingLoop:
         """Running metric values of the current phase as floats (this reads the device)."""
         if self._phase_stats is not None:
             return dict(self._phase_stats)
-        return {metric.name: metric.compute() for metric in self.metrics}
+        return {metric.name: metric.compute() for metric in self.metrics
+                if self.is_training or not metric.training_only}
 
     @property
     def pending_micro_batches(self) -> int:
@@ -349,6 +356,24 @@ class TrainingLoop:
             history=self.history, metrics=self.metrics, model=self.model,
             optimizer=self.optimizer, scaler=self._step.scaler, callbacks=self.fit_callbacks,
             stream=self._stream, validation=self._val_data)
+
+    def show(self) -> None:
+        """Print, for each event in the order it fires, the callbacks that listen to it.
+
+        fastai's ``show_training_loop``: the loop's own callbacks (defaults first), as a fit
+        would resolve them; callbacks given to ``fit`` are not known here.
+        """
+        handlers = resolve_handlers(self.callbacks)
+        depth = {Event.FIT_START: 0, Event.EPOCH_START: 1, Event.TRAINING_START: 2,
+                 Event.BATCH_START: 3, Event.UPDATE_START: 3, Event.BATCH_END: 3,
+                 Event.TRAINING_END: 2, Event.VALIDATION_START: 2,
+                 Event.INFERENCE_PREDICTION_END: 3, Event.VALIDATION_END: 2,
+                 Event.EPOCH_END: 1, Event.FIT_END: 0}
+        width = max(len(event.name) + 2 * depth[event] for event in Event)
+        for event in Event:
+            names = ", ".join(label.rsplit(".<locals>.", 1)[-1]  # a function's own name
+                              for label, _ in handlers[event]) or "-"
+            print(f"{'  ' * depth[event] + event.name:<{width}}  {names}")
 
     def call_after_event(self, action: Callable[[], None]) -> None:
         """Run ``action`` once every handler of the event being fired has run.
@@ -418,7 +443,8 @@ class TrainingLoop:
 
     def _step_and_measure(self, run: _PhaseRun) -> None:
         assert self._step is not None
-        if self.is_training:
+        training = self.is_training
+        if training:
             step = self.global_step
             last = self.batch_count is not None and self.batch_index + 1 >= self.batch_count
             loss, output, update_due = self._step.forward_backward(
@@ -435,12 +461,13 @@ class TrainingLoop:
             self.last_loss, output = self._step.infer(
                 self.last_input, self.last_target, where=f"validation batch {self.batch_index}",
                 on_prediction=self._on_prediction)
+        metrics = self.metrics if training else [m for m in self.metrics if not m.training_only]
         if self.last_target is not None:
             # a shard's padding sits at the end of its pass: count rows by the pass position
-            position = self._stream.drawn - 1 if self.is_training else self.batch_index
+            position = self._stream.drawn - 1 if training else self.batch_index
             rows = None if self._padding is None else self._padding.rows(position)
-            update_metrics(self.metrics, self.last_loss, self.last_output, self.last_target,
-                           rows, self.loss)
+            update_metrics(metrics, self.last_loss, self.last_output, self.last_target, rows,
+                           self.loss)
         else:  # a batch without a target (a custom step's): only the loss, weighed by examples
             self.metrics[0].update(self.last_loss, self.last_input, None)
         run.examples += batch_size(self.last_target) or batch_size(self.last_input)
@@ -559,8 +586,10 @@ class TrainingLoop:
     def _end_phase(self, events: _PhaseEvents, run: _PhaseRun, cancelled: bool) -> None:
         """The phase's one sync: reduce and read its metrics, check the loss, record them."""
         distributed.reduce_metrics(self.metrics)  # global values on every rank
-        stats = {metric.name: metric.compute() for metric in self.metrics}
-        if events.phase is Phase.TRAINING:
+        training = events.phase is Phase.TRAINING
+        stats = {metric.name: metric.compute() for metric in self.metrics
+                 if training or not metric.training_only}
+        if training:
             resumed = self._plan is not None and self._plan.completed > 0
             if run.batches == 0 and not cancelled and self.epoch_index == 0 and not resumed:
                 raise ValueError(f"the training data ({type(run.data).__name__}) yielded no "
@@ -616,6 +645,7 @@ class TrainingLoop:
         self.epoch_count = epochs
         self.fit_callbacks = callbacks
         self._handlers, self._deferred = resolve_handlers(callbacks), []
+        self._add_callback_metrics(callbacks)
         self._options, self._custom = options, custom
         self._step = self._make_step(self.model, options, custom)
         self.history, self.global_step, self.stop_training = History(), 0, False
@@ -633,6 +663,27 @@ class TrainingLoop:
         self.global_step = plan.global_step
         self._plan = None if plan.phase is Phase.EPOCH_END else plan
         return plan.first_epoch
+
+    def _add_callback_metrics(self, callbacks: Sequence[Any]) -> None:
+        """Append the metrics callbacks contribute (their ``metrics`` list) for this fit."""
+        self._remove_callback_metrics()
+        added = [metric for callback in callbacks for metric in getattr(callback, "metrics", ())]
+        for metric in added:
+            if not isinstance(metric, Metric):
+                raise TypeError(f"a callback's metrics must be trainingloop.metrics.Metric "
+                                f"objects, got {metric!r}")
+        names = [metric.name for metric in [*self.metrics, *added]]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"metric names must be unique; callbacks repeat: {repeated}")
+        self._callback_metrics = added
+        self.metrics = [*self.metrics, *added]
+
+    def _remove_callback_metrics(self) -> None:
+        """Take the callbacks' metrics out again (the fit has ended)."""
+        added = {id(metric) for metric in self._callback_metrics}
+        self.metrics = [metric for metric in self.metrics if id(metric) not in added]
+        self._callback_metrics = []
 
     def _make_step(self, model: nn.Module, options: StepOptions, custom: CustomStep | None,
                    device: torch.device | None = None, inference: bool = False) -> Step:

@@ -61,6 +61,8 @@ class Metric:
     """
 
     name: str = "metric"
+    #: A training-only metric is not updated in validation and has no validation value.
+    training_only: bool = False
 
     def __init__(self) -> None:
         self.sums: Tensor | None = None

@@ -52,6 +52,11 @@ class TensorBoardLogger(Callback):
         self._writers = {phase: SummaryWriter(str(run_dir / phase))
                          for phase in ("train", "validation")}
 
+    def writer(self, phase: str = "train") -> Any:
+        """This fit's ``SummaryWriter`` of ``phase`` (``train``, ``validation``); None before
+        the fit starts and on ranks other than 0. Other callbacks write extra data through it."""
+        return self._writers.get(phase)
+
     def on_batch_end(self, loop: TrainingLoop) -> None:
         if self._writers and loop.is_training:
             self._trace.record(loop.metrics, loop.global_step)
