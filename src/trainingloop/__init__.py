@@ -4,8 +4,9 @@
 >>> sorted(e.name for e in tl.Event)[:2]
 ['BATCH_END', 'BATCH_START']
 
-Optional parts (callbacks that need rich, matplotlib or tensorboard; data sets; examples) are
-imported on first use, so ``import trainingloop`` costs little more than ``import torch``.
+Optional parts (callbacks that need rich, matplotlib, tensorboard, mlflow, wandb or optuna;
+data sets; examples) are imported on first use, so ``import trainingloop`` costs little more
+than ``import torch``.
 """
 
 from __future__ import annotations
@@ -39,6 +40,9 @@ _LAZY = {
     "ProgressPlot": "trainingloop.callbacks.progress_plot",
     "Checkpoint": "trainingloop.callbacks.checkpoint",
     "EarlyStopping": "trainingloop.callbacks.early_stopping",
+    "MLflowLogger": "trainingloop.callbacks.mlflow_logger",
+    "WandbLogger": "trainingloop.callbacks.wandb_logger",
+    "OptunaPruning": "trainingloop.callbacks.optuna_pruning",
     "make_schedule": "trainingloop.schedules",
     "ScheduleSegment": "trainingloop.schedules",
 }
@@ -67,12 +71,15 @@ __all__ = [
     "Event",
     "History",
     "LearningRateScheduler",
+    "MLflowLogger",
     "NonFiniteLossError",
+    "OptunaPruning",
     "ProgressPlot",
     "ProgressPrinter",
     "ScheduleSegment",
     "TensorBoardLogger",
     "TrainingLoop",
+    "WandbLogger",
     "make_schedule",
     "try_gpu",
 ]
@@ -101,7 +108,10 @@ if TYPE_CHECKING:
     from trainingloop.callbacks.csv_logger import CSVLogger
     from trainingloop.callbacks.early_stopping import EarlyStopping
     from trainingloop.callbacks.lr_scheduler import LearningRateScheduler
+    from trainingloop.callbacks.mlflow_logger import MLflowLogger
+    from trainingloop.callbacks.optuna_pruning import OptunaPruning
     from trainingloop.callbacks.progress import ProgressPrinter
     from trainingloop.callbacks.progress_plot import ProgressPlot
     from trainingloop.callbacks.tensorboard import TensorBoardLogger
+    from trainingloop.callbacks.wandb_logger import WandbLogger
     from trainingloop.schedules import ScheduleSegment, make_schedule, shapes  # noqa: F401

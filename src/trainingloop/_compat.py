@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -27,3 +29,12 @@ def autocast(device_type: str, dtype: torch.dtype | None) -> contextlib.Abstract
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device_type, dtype=dtype)
+
+
+def require(module: str, extra: str, user: str) -> ModuleType:
+    """Import the optional ``module`` for ``user``; if it is missing, name the extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(f"{user} needs the {module.partition('.')[0]!r} package: "
+                          f"pip install 'trainingloop[{extra}]'") from error
