@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import classification_batches
+from conftest import classification_batches, wandb_offline
 
 import trainingloop as tl
 from trainingloop.callbacks import wandb_logger
@@ -83,19 +83,8 @@ def _finished_records(run_dir: Path, timeout: float = 60.0) -> list[Any]:
 
 @pytest.fixture
 def offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every wandb folder in tmp_path, offline, no prompts; proxies that refuse connections."""
-    for name in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_ENTITY"):
-        monkeypatch.delenv(name, raising=False)
-    for name in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR",
-                 "WANDB_ARTIFACT_DIR"):
-        monkeypatch.setenv(name, str(tmp_path / "wandb-home"))
-    (tmp_path / "wandb-home").mkdir()
-    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONSOLE": "off",
-           "WANDB_DISABLE_GIT": "true", "WANDB_DISABLE_CODE": "true",
-           "WANDB_X_DISABLE_STATS": "true", "HTTPS_PROXY": "http://127.0.0.1:9",
-           "HTTP_PROXY": "http://127.0.0.1:9"}
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+    """Every wandb folder under tmp_path/wandb-home, offline, no prompts, no network."""
+    wandb_offline(monkeypatch, tmp_path / "wandb-home")
     return tmp_path
 
 
