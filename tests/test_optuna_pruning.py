@@ -20,6 +20,7 @@ from trainingloop.callbacks import optuna_pruning
 
 pytestmark = pytest.mark.timeout(300)
 WORKER = Path(__file__).with_name("optuna_worker.py")
+EXAMPLE = Path(__file__).parents[1] / "examples" / "optuna_search.py"
 EPOCHS = 5
 
 
@@ -184,3 +185,14 @@ def test_under_torchrun_every_rank_stops_at_the_pruned_epoch(tmp_path: Path) -> 
     study = optuna.load_study(study_name="ddp", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.PRUNED]
     assert sorted(study.trials[0].intermediate_values) == [1, 2]
+
+
+def test_the_search_example_runs(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    done = subprocess.run([sys.executable, str(EXAMPLE), "--trials", "3", "--epochs", "2",
+                           "--storage", storage], capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "3 trials in the study" in done.stdout and "best: lr " in done.stdout
+    study = optuna.load_study(study_name="digits-lr-width", storage=storage)
+    assert len(study.trials) == 3 and all(t.state.is_finished() for t in study.trials)
+    assert study.best_trial.user_attrs["validation_accuracy"] > 0.5
