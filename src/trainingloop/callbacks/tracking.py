@@ -89,7 +89,11 @@ class TrackerBuffer:
 
 
 def fit_options(loop: TrainingLoop) -> dict[str, Any]:
-    """The fit's settings that the loop makes public, for a tracker's parameters."""
+    """The fit's settings that the loop makes public, for a tracker's parameters.
+
+    (Precision, accumulation, clipping and compilation are fit() arguments the loop keeps to
+    itself, so they are not among them.)
+    """
     assert loop.model is not None
     optimizer = loop.optimizer
     loss = loop.loss
@@ -102,6 +106,6 @@ def fit_options(loop: TrainingLoop) -> dict[str, Any]:
         "parameters": sum(p.numel() for p in loop.model.parameters()),
         "optimizer": getattr(optimizer, "__name__", None) or type(optimizer).__name__,
         "learning_rate": loop.learning_rate,
-        "loss": getattr(loss, "__name__", None) or type(loss).__name__,
+        "loss": None if loss is None else getattr(loss, "__name__", None) or type(loss).__name__,
         "metrics": ",".join(m.name for m in loop.metrics),
     }
