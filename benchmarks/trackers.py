@@ -30,7 +30,7 @@ from torch import nn
 import trainingloop as tl
 
 sys.path.insert(0, str(Path(__file__).parent))
-from workloads import workload  # noqa: E402
+from workloads import workload
 
 
 def make_model() -> nn.Module:
