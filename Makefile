@@ -36,6 +36,7 @@ bench: install
 	$(PY) benchmarks/data.py
 	$(PY) benchmarks/import_time.py
 	$(PY) benchmarks/compare.py
+	$(PY) benchmarks/trackers.py
 
 # Peers (Lightning, Keras 3 on torch, Ignite, Accelerate) live in their own environment.
 PEERS := .venv-peers

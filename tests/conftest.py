@@ -32,3 +32,19 @@ def require_data(*parts: str) -> Path:
     path = DATA_ROOT.joinpath(*parts)
     assert path.exists(), f"offline data missing: {path} (set TRAININGLOOP_DATA)"
     return path
+
+
+def wandb_offline(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
+    """Keep wandb offline, silent and inside ``home``; proxies that refuse any connection."""
+    for name in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_ENTITY"):
+        monkeypatch.delenv(name, raising=False)
+    home.mkdir(parents=True, exist_ok=True)
+    for name in ("WANDB_DIR", "WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR",
+                 "WANDB_ARTIFACT_DIR"):
+        monkeypatch.setenv(name, str(home))
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONSOLE": "off",
+           "WANDB_DISABLE_GIT": "true", "WANDB_DISABLE_CODE": "true",
+           "WANDB_X_DISABLE_STATS": "true", "HTTPS_PROXY": "http://127.0.0.1:9",
+           "HTTP_PROXY": "http://127.0.0.1:9"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)

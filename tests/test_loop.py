@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import io
+import re
+from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import classification_batches
+from conftest import classification_batches, wandb_offline
 
 import trainingloop as tl
+from trainingloop.callbacks import progress
 from trainingloop.callbacks.progress import ProgressPrinter
 
 TRUE_W, TRUE_B = [2.0, -3.4], 4.2
@@ -163,13 +167,25 @@ def test_non_pair_batch_is_named() -> None:
 
 
 def _count_host_reads(monkeypatch: pytest.MonkeyPatch, batches: int,
-                      extra: tuple[str, ...] = ()) -> int:
-    reads = [0]
+                      callbacks: Sequence[object] = ()) -> tuple[int, int]:
+    """(host reads in the whole fit, those inside batches: from the first BATCH_START handler
+    to the last BATCH_END handler of each batch, the step and every callback included)."""
+    reads, in_batches = [0, 0], [False]
+
+    def opens(loop: tl.TrainingLoop, event: tl.Event) -> None:  # the first callback
+        if event is tl.Event.BATCH_START:
+            in_batches[0] = True
+
+    def closes(loop: tl.TrainingLoop, event: tl.Event) -> None:  # the last callback
+        if event is tl.Event.BATCH_END:
+            in_batches[0] = False
+
     for name in ("item", "__float__", "__int__", "__bool__", "tolist"):
         original = getattr(torch.Tensor, name)
 
         def counted(self: torch.Tensor, *args: object, _original: object = original) -> object:
             reads[0] += 1
+            reads[1] += in_batches[0]
             return _original(self, *args)  # type: ignore[operator]
 
         monkeypatch.setattr(torch.Tensor, name, counted)
@@ -178,21 +194,91 @@ def _count_host_reads(monkeypatch: pytest.MonkeyPatch, batches: int,
         classification_batches(batches), classification_batches(2, seed=1),
         optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
         loss=torch.nn.functional.cross_entropy, metrics=["accuracy", "top5_accuracy", "mcc"],
-        callbacks=[ProgressPrinter(stream=io.StringIO()),
-                   *[getattr(tl, name)() for name in extra]],
+        callbacks=[opens, ProgressPrinter(stream=io.StringIO()), *callbacks, closes],
     )
     loop.fit(model, epochs=2, device="cpu")
     monkeypatch.undo()
-    return reads[0]
+    return reads[0], reads[1]
 
 
 @pytest.mark.parametrize("extra", [(), ("EMA", "GradientMonitor")])
 def test_no_host_reads_per_training_step(monkeypatch: pytest.MonkeyPatch,
                                          extra: tuple[str, ...]) -> None:
-    few = _count_host_reads(monkeypatch, 5, extra)
-    many = _count_host_reads(monkeypatch, 50, extra)
+    (few, _) = _count_host_reads(monkeypatch, 5, [getattr(tl, name)() for name in extra])
+    (many, _) = _count_host_reads(monkeypatch, 50, [getattr(tl, name)() for name in extra])
     assert few == many, f"host reads grow with steps: {few} for 5 batches, {many} for 50"
     assert few <= 2 * 2 * 5 * 2  # epochs x phases x metrics, read at phase ends (x2 slack)
+
+
+def test_no_host_reads_per_step_with_every_tracker_attached(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import optuna
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for batches in (5, 50):
+        wandb_offline(monkeypatch, tmp_path / "wandb")
+        trial = optuna.create_study(storage=f"sqlite:///{tmp_path / 'optuna.db'}").ask()
+        trackers = [tl.MLflowLogger(tracking_uri=store, log_every_n_steps=1),
+                    tl.WandbLogger(mode="offline", log_every_n_steps=1),
+                    tl.OptunaPruning(trial), tl.CSVLogger(tmp_path / f"{batches}.csv"),
+                    tl.TensorBoardLogger(tmp_path / "tensorboard")]
+        _, in_batches = _count_host_reads(monkeypatch, batches, trackers)
+        # Every update is logged (log_every_n_steps=1), all from the device-side buffers.
+        assert in_batches == 0, f"{in_batches} host reads inside the batch loops ({batches} batches)"
+        assert trackers[2].pruned_at is None and trial.study.trials[0].intermediate_values
+
+
+def test_progress_timing_is_tqdm_like() -> None:
+    assert progress.format_timing(30, 120, 3.0, tokens=30 * 64 * 10) == (
+        "00:03<00:09, 10.0 batch/s, 6.4k tokens/s")
+    assert progress.format_timing(5, None, 10.0) == "00:10<?, 2.00 s/batch"
+    assert progress.format_timing(0, 10, 0.0) == "00:00<?, 0.0 batch/s"
+    assert progress.format_duration(3725.2) == "1:02:05"
+    assert progress.token_count(torch.zeros(4, 16, dtype=torch.long)) == 64
+    assert progress.token_count(torch.zeros(4, 16)) == 0  # floats are not tokens
+    assert progress.token_count(torch.zeros(16, dtype=torch.long)) == 0  # no sequence axis
+
+
+def test_plain_lines_end_with_elapsed_remaining_and_rates() -> None:
+    out = io.StringIO()
+    tokens = [(torch.randint(0, 50, (4, 6)), torch.randint(0, 3, (4,))) for _ in range(3)]
+
+    class Bag(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.embedding, self.head = torch.nn.Embedding(50, 8), torch.nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(self.embedding(x).mean(1))
+
+    model = Bag()
+    loop = tl.TrainingLoop(tokens, tokens[:1], optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+                           loss=torch.nn.functional.cross_entropy,
+                           callbacks=[ProgressPrinter(stream=out)], include_default_callbacks=False)
+    loop.fit(model, epochs=1, device="cpu")
+    lines = out.getvalue().splitlines()
+    timing = r" \[\d\d:\d\d<00:00, [\d.]+k? batch/s, [\d.]+k? tokens/s\]$"
+    assert re.match(r"^3/3 \[=+\] - loss: \d\.\d{4}" + timing, lines[1]), lines[1]
+    assert re.match(r"^1/1 \[=+\] - loss: \d\.\d{4}" + timing, lines[2]), lines[2]
+
+
+def test_timing_is_computed_at_the_refresh_rate_not_per_batch(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    def draws(batches: int) -> int:
+        calls = [0]
+        real = progress.format_timing
+
+        def counted(*args: object, **kwargs: object) -> str:
+            calls[0] += 1
+            return real(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(progress, "format_timing", counted)
+        loop, model = _small_loop(training=classification_batches(batches), callbacks=[
+            ProgressPrinter(stream=io.StringIO(), terminal=True, refresh_rate=3600.0)])
+        loop.fit(model, epochs=2, device="cpu")
+        return calls[0]
+
+    assert draws(5) == draws(50) == 2  # one final draw per training phase
 
 
 def test_progress_printer_plain_format() -> None:
@@ -213,7 +299,7 @@ def test_progress_printer_terminal_mode_draws_with_rich() -> None:
                                                          refresh_rate=0.0)])
     loop.fit(model, epochs=1, device="cpu")
     text = out.getvalue()
-    assert "train" in text and "3/3" in text and "loss:" in text
+    assert "train" in text and "3/3" in text and "loss:" in text and "batch/s" in text
 
 
 def test_default_callbacks_come_first() -> None:
@@ -226,7 +312,8 @@ def test_import_loads_no_optional_dependency() -> None:
     import sys
 
     code = ("import sys, trainingloop; heavy = [m for m in ('rich', 'matplotlib', 'tensorboard',"
-            " 'sklearn', 'safetensors', 'torchmetrics') if m in sys.modules]; print(heavy)")
+            " 'sklearn', 'safetensors', 'torchmetrics', 'mlflow', 'wandb', 'optuna', 'IPython')"
+            " if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 

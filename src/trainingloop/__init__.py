@@ -4,8 +4,9 @@
 >>> sorted(e.name for e in tl.Event)[:2]
 ['BATCH_END', 'BATCH_START']
 
-Optional parts (callbacks that need rich, matplotlib or tensorboard; data sets; examples) are
-imported on first use, so ``import trainingloop`` costs little more than ``import torch``.
+Optional parts (callbacks that need rich, matplotlib, tensorboard, mlflow, wandb or optuna;
+data sets; examples) are imported on first use, so ``import trainingloop`` costs little more
+than ``import torch``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ _LAZY = {
     "lr_find": "trainingloop.lr_finder",
     "LRFinderResult": "trainingloop.lr_finder",
     "summary": "trainingloop.model_summary",
+    "MLflowLogger": "trainingloop.callbacks.mlflow_logger",
+    "WandbLogger": "trainingloop.callbacks.wandb_logger",
+    "OptunaPruning": "trainingloop.callbacks.optuna_pruning",
     "make_schedule": "trainingloop.schedules",
     "ScheduleSegment": "trainingloop.schedules",
 }
@@ -77,7 +81,9 @@ __all__ = [
     "History",
     "LRFinderResult",
     "LearningRateScheduler",
+    "MLflowLogger",
     "NonFiniteLossError",
+    "OptunaPruning",
     "Preempted",
     "Profiler",
     "ProgressPlot",
@@ -85,6 +91,7 @@ __all__ = [
     "ScheduleSegment",
     "TensorBoardLogger",
     "TrainingLoop",
+    "WandbLogger",
     "lr_find",
     "make_schedule",
     "summary",
@@ -117,10 +124,13 @@ if TYPE_CHECKING:
     from trainingloop.callbacks.ema import EMA
     from trainingloop.callbacks.gradient_monitor import GradientMonitor
     from trainingloop.callbacks.lr_scheduler import LearningRateScheduler
+    from trainingloop.callbacks.mlflow_logger import MLflowLogger
+    from trainingloop.callbacks.optuna_pruning import OptunaPruning
     from trainingloop.callbacks.profiler import Profiler
     from trainingloop.callbacks.progress import ProgressPrinter
     from trainingloop.callbacks.progress_plot import ProgressPlot
     from trainingloop.callbacks.tensorboard import TensorBoardLogger
+    from trainingloop.callbacks.wandb_logger import WandbLogger
     from trainingloop.lr_finder import LRFinderResult, lr_find
     from trainingloop.model_summary import summary
     from trainingloop.schedules import ScheduleSegment, make_schedule, shapes  # noqa: F401

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
+from types import ModuleType
 from typing import Any
 
 import torch
@@ -40,3 +42,12 @@ def total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     device = tensors[0].device
     return torch.linalg.vector_norm(
         torch.stack([torch.linalg.vector_norm(t).to(device) for t in tensors]))
+
+
+def require(module: str, extra: str, user: str) -> ModuleType:
+    """Import the optional ``module`` for ``user``; if it is missing, name the extra to install."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise ImportError(f"{user} needs the {module.partition('.')[0]!r} package: "
+                          f"pip install 'trainingloop[{extra}]'") from error

@@ -49,7 +49,14 @@ from trainingloop.events import (
     ends_within,
 )
 from trainingloop.history import History
-from trainingloop.metrics import Metric, Tape, batch_size, resolve_metrics, update_metrics
+from trainingloop.metrics import (
+    Metric,
+    Tape,
+    batch_size,
+    resolve_metrics,
+    token_count,
+    update_metrics,
+)
 from trainingloop.resume import Phase, Position
 from trainingloop.step import BatchError, LossFunction, Step, StepOptions
 from trainingloop.stream import TrainingStream, length
@@ -88,17 +95,6 @@ class _PhaseRun:
     batches: int = 0
     started: float = 0.0
     losses: Tape | None = None  # training: (batch index, global step) of each loss
-
-
-def _tokens(input: Any) -> int:
-    """Tokens in a batch of token ids: an integer tensor of two or more dimensions (batch ×
-    sequence), or a dict's ``input_ids``; 0 for anything else. Reads only shapes."""
-    if isinstance(input, Mapping):
-        input = input.get("input_ids")
-    if isinstance(input, Tensor) and input.dim() >= 2 and not input.is_floating_point() \
-            and not input.is_complex() and input.dtype is not torch.bool:
-        return input.numel()
-    return 0
 
 
 class TrainingLoop:
@@ -471,7 +467,7 @@ class TrainingLoop:
         else:  # a batch without a target (a custom step's): only the loss, weighed by examples
             self.metrics[0].update(self.last_loss, self.last_input, None)
         run.examples += batch_size(self.last_target) or batch_size(self.last_input)
-        run.tokens += _tokens(self.last_input)
+        run.tokens += token_count(self.last_input)
 
     def _update(self) -> None:
         assert self._step is not None

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -33,6 +33,7 @@ __all__ = [
     "batch_size",
     "resolve_metrics",
     "take_rows",
+    "token_count",
     "update_metrics",
 ]
 
@@ -48,6 +49,18 @@ def batch_size(obj: Any) -> int:
             n = batch_size(item)
             if n:
                 return n
+    return 0
+
+
+def token_count(batch_input: Any) -> int:
+    """Tokens in a batch of token ids: an integer tensor of batch × sequence (or more dims), or
+    a dict's ``input_ids``; 0 for anything else. Reads only the shape and dtype (no sync)."""
+    if isinstance(batch_input, Mapping):
+        batch_input = batch_input.get("input_ids")
+    if (isinstance(batch_input, Tensor) and batch_input.dim() >= 2
+            and not batch_input.is_floating_point() and not batch_input.is_complex()
+            and batch_input.dtype is not torch.bool):
+        return batch_input.numel()
     return 0
 
 

@@ -3,18 +3,20 @@
 Plots train loss, train accuracy and validation accuracy (whichever exist) against the epoch,
 with points inside each epoch for the training curves (five per epoch, as d2l does). The image
 (``.png`` or ``.svg`` by the path's suffix) is rewritten atomically after each epoch; in a
-Jupyter kernel the figure is also shown live. Uses matplotlib's object API with the Agg canvas,
-so no display is needed (the ``plot`` extra).
+Jupyter kernel the figure is also shown as one PNG output that each epoch redraws in place
+(nothing else in the cell, such as the progress bars, is cleared). Uses matplotlib's object
+API with the Agg canvas, so no display is needed (the ``plot`` extra).
 """
 
 from __future__ import annotations
 
+import io
 import os
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainingloop.callbacks.base import Callback
+from trainingloop.callbacks.notebook import InPlaceOutput, in_notebook
 from trainingloop.metrics import MetricTrace
 
 if TYPE_CHECKING:
@@ -25,12 +27,6 @@ __all__ = ["ProgressPlot"]
 _POINTS_PER_EPOCH = 5
 _CURVES = ("train/loss", "train/accuracy", "validation/accuracy")
 _STYLE = {"train/loss": "-", "train/accuracy": "m--", "validation/accuracy": "g-."}
-
-
-def _in_jupyter() -> bool:
-    shell = sys.modules.get("IPython")
-    get = getattr(shell, "get_ipython", None)
-    return bool(get and get() is not None and "IPKernelApp" in getattr(get(), "config", {}))
 
 
 class ProgressPlot(Callback):
@@ -44,11 +40,13 @@ class ProgressPlot(Callback):
         self.figsize = figsize
         self.points: dict[str, tuple[list[float], list[float]]] = {}
         self._trace = MetricTrace()
+        self._output: InPlaceOutput | None = None
 
     def on_fit_start(self, loop: TrainingLoop) -> None:
         from trainingloop.distributed import is_main_process
 
         self._enabled = is_main_process()
+        self._output = InPlaceOutput() if self._enabled and in_notebook() else None
         if not loop.history.epochs:  # a fresh fit (a resumed one keeps its points)
             self.points = {}
 
@@ -105,11 +103,12 @@ class ProgressPlot(Callback):
         tmp = self.path.with_name(f".{self.path.stem}.tmp{self.path.suffix}")
         figure.savefig(tmp, format=self.path.suffix[1:])
         os.replace(tmp, self.path)
-        if _in_jupyter():  # pragma: no cover - needs a kernel
-            from IPython import display
+        if self._output is not None:  # in a notebook: this fit's one figure output, redrawn
+            from IPython.display import Image
 
-            display.display(figure)
-            display.clear_output(wait=True)
+            png = io.BytesIO()
+            figure.savefig(png, format="png")
+            self._output.show(Image(data=png.getvalue(), format="png"))
         return figure
 
     def state_dict(self) -> dict[str, Any]:
