@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any
 
+from trainingloop import distributed
 from trainingloop.callbacks.base import Callback
 
 if TYPE_CHECKING:
@@ -31,6 +32,7 @@ class EarlyStopping(Callback):
         self.best_epoch = 0
         self.wait = 0
         self.reason: str | None = None
+        self._enabled = True  # rank 0 prints the reason; refreshed at each fit's start
 
     def _improved(self, value: float) -> bool:
         if self.mode == "min":
@@ -39,6 +41,7 @@ class EarlyStopping(Callback):
 
     def on_fit_start(self, loop: TrainingLoop) -> None:
         self.reason = None
+        self._enabled = distributed.is_main_process()
 
     def on_epoch_end(self, loop: TrainingLoop) -> None:
         record = loop.history.epochs[-1]
@@ -57,9 +60,7 @@ class EarlyStopping(Callback):
             self.reason = (f"EarlyStopping: {self.monitor} has not improved by more than "
                            f"{self.min_delta} for {self.wait} epoch(s) (best {self.best:.6g} at "
                            f"epoch {self.best_epoch}); stopping after epoch {record['epoch']}")
-            from trainingloop.distributed import is_main_process
-
-            if is_main_process():
+            if self._enabled:
                 print(self.reason, flush=True)
 
     def state_dict(self) -> dict[str, Any]:

@@ -17,6 +17,7 @@ import sys
 import time
 from typing import IO, TYPE_CHECKING, Any
 
+from trainingloop import distributed
 from trainingloop.callbacks.base import Callback
 
 if TYPE_CHECKING:
@@ -60,7 +61,7 @@ class ProgressPrinter(Callback):
         self._task: Any = None
         self._last_draw = 0.0
         self._animated = False
-        self._silent = False
+        self._enabled = True  # rank 0 prints; refreshed at each fit's start
 
     # -- helpers ---------------------------------------------------------------------------
     def _out(self) -> IO[str]:
@@ -73,15 +74,13 @@ class ProgressPrinter(Callback):
         return bool(isatty and isatty())
 
     def _print(self, text: str) -> None:
-        if not self._silent:
+        if self._enabled:
             print(text, file=self._out(), flush=True)
 
     # -- events ----------------------------------------------------------------------------
     def on_fit_start(self, loop: TrainingLoop) -> None:
-        from trainingloop.distributed import is_main_process
-
-        self._silent = not is_main_process()
-        self._animated = not self._silent and self._is_terminal() and _rich_available()
+        self._enabled = distributed.is_main_process()
+        self._animated = self._enabled and self._is_terminal() and _rich_available()
 
     def on_epoch_start(self, loop: TrainingLoop) -> None:
         self._print(f"Epoch {loop.epoch_index + 1}/{loop.epoch_count}")

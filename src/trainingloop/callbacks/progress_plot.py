@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainingloop import distributed
+from trainingloop._files import atomic_write
 from trainingloop.callbacks.base import Callback
 from trainingloop.metrics import MetricTrace
 
@@ -44,11 +46,10 @@ class ProgressPlot(Callback):
         self.figsize = figsize
         self.points: dict[str, tuple[list[float], list[float]]] = {}
         self._trace = MetricTrace()
+        self._enabled = True  # rank 0 draws; refreshed at each fit's start
 
     def on_fit_start(self, loop: TrainingLoop) -> None:
-        from trainingloop.distributed import is_main_process
-
-        self._enabled = is_main_process()
+        self._enabled = distributed.is_main_process()
         if not loop.history.epochs:  # a fresh fit (a resumed one keeps its points)
             self.points = {}
 
@@ -101,10 +102,8 @@ class ProgressPlot(Callback):
         if self.points:
             axes.legend()
         figure.tight_layout()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.stem}.tmp{self.path.suffix}")
-        figure.savefig(tmp, format=self.path.suffix[1:])
-        os.replace(tmp, self.path)
+        with atomic_write(self.path) as tmp:
+            figure.savefig(tmp, format=self.path.suffix[1:])
         if _in_jupyter():  # pragma: no cover - needs a kernel
             from IPython import display
 
