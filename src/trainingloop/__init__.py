@@ -96,7 +96,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from trainingloop import data, datasets, metrics, transforms  # noqa: F401
+    from trainingloop import data, distributed, examples, metrics, schedules  # noqa: F401
     from trainingloop.callbacks.checkpoint import Checkpoint
     from trainingloop.callbacks.csv_logger import CSVLogger
     from trainingloop.callbacks.early_stopping import EarlyStopping
@@ -104,4 +104,5 @@ if TYPE_CHECKING:
     from trainingloop.callbacks.progress import ProgressPrinter
     from trainingloop.callbacks.progress_plot import ProgressPlot
     from trainingloop.callbacks.tensorboard import TensorBoardLogger
+    from trainingloop.data import datasets, transforms  # noqa: F401
     from trainingloop.schedules import ScheduleSegment, make_schedule, shapes  # noqa: F401

@@ -92,7 +92,7 @@ def data_generators(*sources: Any) -> list[torch.Generator]:
 def rng_state(generators: Sequence[torch.Generator] = ()) -> dict[str, Any]:
     """Python, NumPy, torch CPU and CUDA generator states, and those of ``generators`` (the
     data's own, from :func:`data_generators`), as weights-only-loadable values."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": (kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos),
