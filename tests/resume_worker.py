@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 import trainingloop as tl
-from trainingloop import checkpointing
+from trainingloop import _files, checkpointing
 
 EPOCHS, EXAMPLES, BATCH = 3, 200, 8  # 25 steps per epoch
 
@@ -68,14 +68,14 @@ def main() -> None:
 
             def dying_save(directory, name, model, state, info, *rest):  # type: ignore[no-untyped-def]
                 if info["global_step"] == kill_step:
-                    original_fsync = checkpointing._fsync
+                    original_fsync = _files.fsync_path
 
                     def die(path: Path) -> None:
                         original_fsync(path)
                         if path.name == checkpointing.STATE:
                             os.kill(os.getpid(), signal.SIGKILL)
 
-                    checkpointing._fsync = die  # type: ignore[assignment]
+                    _files.fsync_path = die  # type: ignore[assignment]
                 return original(directory, name, model, state, info, *rest)
 
             checkpointing.save = dying_save  # type: ignore[assignment]

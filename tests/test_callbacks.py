@@ -225,3 +225,28 @@ def test_restore_best_survives_a_crash_and_resume(tmp_path: Path) -> None:
     loop.fit(model, epochs=8, device="cpu", resume=True)
     assert stopper.best_epoch == 5
     _assert_weights(model, _saved(tmp_path / "best"))
+
+
+@pytest.mark.parametrize("main", [True, False])
+def test_every_writer_writes_from_rank_0_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str],
+                                              main: bool) -> None:
+    import io
+
+    monkeypatch.setattr(tl.distributed, "is_main_process", lambda: main)
+    out = tmp_path / "run"
+    printed = io.StringIO()
+    stopper = tl.EarlyStopping(monitor="train/loss", patience=1)
+    callbacks = [tl.CSVLogger(out / "log.csv"), tl.TensorBoardLogger(out / "tb"),
+                 tl.ProgressPlot(out / "curves.png"), tl.Checkpoint(out / "checkpoints"),
+                 tl.ProgressPrinter(stream=printed, terminal=False), stopper]
+    loop, model = _loop(callbacks, lr=0.0)  # nothing improves: EarlyStopping stops at epoch 2
+    loop.fit(model, epochs=3, device="cpu")
+    assert stopper.reason is not None
+    written = sorted(p.relative_to(out).parts[0] for p in out.rglob("*")) if out.exists() else []
+    said = printed.getvalue() + capsys.readouterr().out
+    if main:
+        assert set(written) == {"log.csv", "tb", "curves.png", "checkpoints"}
+        assert "Epoch 1/3" in said and stopper.reason in said
+    else:
+        assert written == [] and said == ""

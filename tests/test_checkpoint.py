@@ -16,7 +16,7 @@ import torch
 from conftest import classification_batches
 
 import trainingloop as tl
-from trainingloop import checkpointing
+from trainingloop import _files, checkpointing
 
 WORKER = Path(__file__).with_name("resume_worker.py")
 TOTAL_STEPS = 75
@@ -200,7 +200,7 @@ def test_malicious_pickle_does_not_run(tmp_path: Path) -> None:
     manifest = json.loads((entry / "manifest.json").read_text())
     state = entry / "state.pt"
     manifest["files"]["state.pt"] = {"size": state.stat().st_size,
-                                     "sha256": checkpointing._sha256(state)}
+                                     "sha256": _files.sha256_file(state)}
     (entry / "manifest.json").write_text(json.dumps(manifest))
     loop, model = _loop(tmp_path)
     with pytest.raises(tl.checkpointing.CheckpointError, match="cannot be loaded safely"):
@@ -345,11 +345,11 @@ def test_save_writes_a_verified_manifest_and_replaces_an_entry(tmp_path: Path) -
     assert started <= manifest["created_ns"] <= time.time_ns()
     for name in (checkpointing.WEIGHTS, checkpointing.STATE):
         assert manifest["files"][name] == {"size": (path / name).stat().st_size,
-                                           "sha256": checkpointing._sha256(path / name)}
+                                           "sha256": _files.sha256_file(path / name)}
     import hashlib
 
     data = (path / checkpointing.STATE).read_bytes()
-    assert checkpointing._sha256(path / checkpointing.STATE) == hashlib.sha256(data).hexdigest()
+    assert _files.sha256_file(path / checkpointing.STATE) == hashlib.sha256(data).hexdigest()
     with torch.no_grad():
         model.weight.fill_(2.0)
     checkpointing.save(tmp_path, "a", model, {"x": torch.arange(4)}, {"global_step": 8})
@@ -368,7 +368,7 @@ def test_a_failed_save_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest
     def broken(path: Path) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpointing, "_fsync", broken)
+    monkeypatch.setattr(_files, "fsync_path", broken)
     with pytest.raises(OSError, match="disk full"):
         checkpointing.save(tmp_path, "a", torch.nn.Linear(2, 1), {}, {})
     assert list(tmp_path.iterdir()) == []

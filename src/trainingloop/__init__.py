@@ -117,7 +117,7 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:
-    from trainingloop import data, datasets, metrics, transforms  # noqa: F401
+    from trainingloop import data, distributed, examples, metrics, schedules  # noqa: F401
     from trainingloop.callbacks.checkpoint import Checkpoint
     from trainingloop.callbacks.csv_logger import CSVLogger
     from trainingloop.callbacks.early_stopping import EarlyStopping
@@ -131,6 +131,7 @@ if TYPE_CHECKING:
     from trainingloop.callbacks.progress_plot import ProgressPlot
     from trainingloop.callbacks.tensorboard import TensorBoardLogger
     from trainingloop.callbacks.wandb_logger import WandbLogger
+    from trainingloop.data import datasets, transforms  # noqa: F401
     from trainingloop.lr_finder import LRFinderResult, lr_find
     from trainingloop.model_summary import summary
     from trainingloop.schedules import ScheduleSegment, make_schedule, shapes  # noqa: F401

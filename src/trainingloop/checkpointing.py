@@ -9,13 +9,13 @@ A checkpoint is a folder ``<dir>/epoch=EEEE-step=SSSSSSS[-end]/`` holding
 - ``manifest.json``: the size and sha256 of both files, written last.
 
 The folder is assembled under a hidden temporary name, every file fsynced, and renamed into
-place; ``<dir>/last`` (and ``<dir>/best``) are symbolic links replaced atomically. A crash at
+place (file digests, fsyncs and the manifest's atomic write are :mod:`trainingloop._files`'s);
+``<dir>/last`` (and ``<dir>/best``) are symbolic links replaced atomically. A crash at
 any moment leaves the previous checkpoint intact. This module knows nothing of the loop.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from trainingloop import _files
 
 __all__ = [
     "CheckpointError",
@@ -90,7 +92,7 @@ def data_generators(*sources: Any) -> list[torch.Generator]:
 def rng_state(generators: Sequence[torch.Generator] = ()) -> dict[str, Any]:
     """Python, NumPy, torch CPU and CUDA generator states, and those of ``generators`` (the
     data's own, from :func:`data_generators`), as weights-only-loadable values."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()  # type: ignore[misc]
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
         "numpy": (kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), int(pos),
@@ -124,22 +126,6 @@ def restore_rng(state: dict[str, Any], generators: Sequence[torch.Generator] = (
 
 
 # -- writing ----------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def link_atomically(link: Path, target_name: str) -> None:
     """Point the symbolic link ``link`` at ``target_name`` (a sibling), replacing it atomically."""
     tmp = link.with_name(f".{link.name}.tmp")
@@ -168,17 +154,16 @@ def save(directory: Path, name: str, model: nn.Module, state: dict[str, Any],
         torch.save(state, tmp / STATE)
         files = {}
         for file in (WEIGHTS, STATE):
-            _fsync(tmp / file)
-            files[file] = {"size": (tmp / file).stat().st_size, "sha256": _sha256(tmp / file)}
+            _files.fsync_path(tmp / file)
+            files[file] = {"size": (tmp / file).stat().st_size,
+                           "sha256": _files.sha256_file(tmp / file)}
         manifest = {"format": FORMAT, "created_ns": time.time_ns(), "files": files, **info}
-        with open(tmp / MANIFEST, "w") as f:
-            json.dump(manifest, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
+        with _files.atomic_write(tmp / MANIFEST) as manifest_tmp:  # also flushes the folder
+            manifest_tmp.write_text(json.dumps(manifest, indent=1))
         if final.exists():  # the same position saved again: replace it
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync(directory)
+        _files.fsync_path(directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -204,7 +189,7 @@ def verify(path: Path) -> dict[str, Any]:
         if size != expected["size"]:
             raise CheckpointError(f"{target} is truncated or corrupt: {size} bytes, "
                                   f"expected {expected['size']}")
-        if _sha256(target) != expected["sha256"]:
+        if _files.sha256_file(target) != expected["sha256"]:
             raise CheckpointError(f"{target} is corrupt: its sha256 does not match the manifest")
     return manifest
 

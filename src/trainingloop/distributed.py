@@ -13,7 +13,7 @@ import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
@@ -357,7 +357,8 @@ def full_model_state(model: nn.Module) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
     model.reshard()  # type: ignore[operator] # the root stays unsharded after a forward
-    return get_model_state_dict(model, options=_full_options())
+    # full_state_dict=True: plain tensors, not the general state-dict values the stub allows
+    return cast(dict[str, torch.Tensor], get_model_state_dict(model, options=_full_options()))
 
 
 def full_optimizer_state(model: nn.Module, optimizer: Any) -> dict[str, Any]:
@@ -372,7 +373,8 @@ def load_full_model_state(model: nn.Module, state: dict[str, torch.Tensor]) -> N
     """Shard full weights (present on every rank) into an FSDP2 model."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 
-    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
+    set_model_state_dict(model, cast(dict[str, Any], state),
+                         options=StateDictOptions(full_state_dict=True))
 
 
 def load_full_optimizer_state(model: nn.Module, optimizer: Any, state: dict[str, Any]) -> None:

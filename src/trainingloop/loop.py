@@ -412,6 +412,7 @@ class TrainingLoop:
             batches = self._batches(run.data, training)
             for self.batch_index, batch in batches:
                 self._take(batch)  # a host-to-device copy: outside the sync check
+                assert self.device is not None
                 with devices.sync_debug(self._sync_debug, self.device):
                     self._with_events(Event.BATCH_START, Event.BATCH_END, CancelBatch,
                                       self._run_step, run, before_end=self._end_batch)

@@ -271,7 +271,7 @@ class Step:
         self.pending = 0
         if self.scaler is not None and not self.is_updater:
             with sync_allowed():
-                self.scaler.unscale_(self.optimizer)  # type: ignore[arg-type]
+                self.scaler.unscale_(self.optimizer)
         try:
             self.fire(Event.UPDATE_START)
         except CancelBatch:
@@ -281,7 +281,7 @@ class Step:
             torch.nn.utils.clip_grad_norm_(self.parameters, self.options.clip_grad_norm)
         if self.scaler is not None and not self.is_updater:
             with sync_allowed():  # the fp16 scaler reads its inf flag on the host: by design
-                self.scaler.step(self.optimizer)  # type: ignore[arg-type]
+                self.scaler.step(self.optimizer)
                 self.scaler.update()
         else:
             try:

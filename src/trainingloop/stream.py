@@ -213,7 +213,7 @@ class TrainingStream:
                 loader.batch_sampler.prime()  # type: ignore[union-attr]
                 return iterator
         if isinstance(data, Sequence):
-            return iter(data[drawn:])  # type: ignore[index]
+            return iter(data[drawn:])
         if isinstance(data, Iterator):  # (calling iter() on a loader would draw a seed)
             raise ValueError(f"cannot resume mid-pass: the training data ({type(data).__name__}) "
                              f"is a one-shot iterator that cannot be replayed to batch {drawn}; "
@@ -222,7 +222,7 @@ class TrainingStream:
                       f"{type(data).__name__} to reach the checkpoint's position (give the data "
                       "state_dict/load_state_dict, e.g. torchdata's StatefulDataLoader, to skip "
                       "this)", RuntimeWarning, stacklevel=4)
-        iterator = iter(data)
-        for _ in itertools.islice(iterator, drawn):
+        replayed = iter(data)
+        for _ in itertools.islice(replayed, drawn):
             pass
-        return iterator
+        return replayed

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from trainingloop import checkpointing
+from trainingloop import checkpointing, distributed
 from trainingloop.callbacks.base import Callback
 from trainingloop.devices import sync_allowed
 from trainingloop.resume import Phase
@@ -64,12 +64,12 @@ class Checkpoint(Callback):
         self.best_value: float | None = None
         self.best_name: str | None = None
         self.saved: list[Path] = []
+        self._enabled = True  # rank 0 writes; refreshed at each fit's start
+        self._steps_at_check = 0
 
     # -- events ----------------------------------------------------------------------------
     def on_fit_start(self, loop: TrainingLoop) -> None:
-        from trainingloop.distributed import is_main_process
-
-        self._enabled = is_main_process()
+        self._enabled = distributed.is_main_process()
         self._steps_at_check = loop.global_step
         self._saved_at = _clock()
 
@@ -86,13 +86,12 @@ class Checkpoint(Callback):
         if due:
             with sync_allowed():  # one read per checkpoint, on purpose
                 loop.check_finite()
-            name = f"epoch={loop.epoch_index + 1:04d}-step={loop.global_step:07d}"
-            loop.call_after_event(lambda: self.save(loop, name))
+            self._save_after_event(loop, f"epoch={loop.epoch_index + 1:04d}-step="
+                                         f"{loop.global_step:07d}")
 
     def on_epoch_end(self, loop: TrainingLoop) -> None:
         if self.every_n_epochs and (loop.epoch_index + 1) % self.every_n_epochs == 0:
-            name = f"epoch={loop.epoch_index + 1:04d}-end"
-            loop.call_after_event(lambda: self.save(loop, name))
+            self._save_after_event(loop, f"epoch={loop.epoch_index + 1:04d}-end")
 
     def on_fit_end(self, loop: TrainingLoop) -> None:
         position = loop.position
@@ -103,9 +102,16 @@ class Checkpoint(Callback):
                 return
             name = (f"epoch={loop.epoch_index + 1:04d}-step={loop.global_step:07d}"
                     f"-{position.phase.value}-{position.completed:06d}")
-            loop.call_after_event(lambda: self.save(loop, name))
+            self._save_after_event(loop, name)
 
     # -- saving ----------------------------------------------------------------------------
+    def _save_after_event(self, loop: TrainingLoop, name: str) -> None:
+        """Save once every handler of this event has run, so the checkpoint holds their states."""
+        def save() -> None:
+            self.save(loop, name)
+
+        loop.call_after_event(save)
+
     def save(self, loop: TrainingLoop, name: str) -> Path | None:
         """Write a checkpoint named ``name`` now; returns its path (None where not rank 0).
 
@@ -116,12 +122,10 @@ class Checkpoint(Callback):
 
     def _save(self, loop: TrainingLoop, name: str) -> Path | None:
         assert loop.model is not None
-        from trainingloop import distributed
-
         state = loop.state_dict()  # on every rank: it gathers each rank's RNG states
         weights = (distributed.full_model_state(checkpointing.unwrap(loop.model))
                    if distributed.is_sharded(checkpointing.unwrap(loop.model)) else None)
-        if not getattr(self, "_enabled", True):
+        if not self._enabled:
             return None
         if not _weights_finite(loop.model):
             warnings.warn(f"not writing checkpoint {name}: the model has non-finite weights",

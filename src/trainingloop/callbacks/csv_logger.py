@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainingloop import distributed
+from trainingloop._files import atomic_write
 from trainingloop.callbacks.base import Callback
 from trainingloop.metrics import MetricTrace
 
@@ -21,15 +23,6 @@ if TYPE_CHECKING:
     from trainingloop.loop import TrainingLoop
 
 __all__ = ["CSVLogger"]
-
-
-def _replace_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class CSVLogger(Callback):
@@ -43,25 +36,22 @@ class CSVLogger(Callback):
         self._trace = MetricTrace()
         self._resume_rows: int | None = None
         self._header: list[str] = []
+        self._enabled = True  # rank 0 writes; refreshed at each fit's start
 
     def on_fit_start(self, loop: TrainingLoop) -> None:
-        from trainingloop.distributed import is_main_process
-
-        self._enabled = is_main_process()
+        self._enabled = distributed.is_main_process()
         if not self._enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._header = ["epoch", "batch", "phase", *(m.name for m in loop.metrics)]
         keep = self._resume_rows
         self._resume_rows = None
+        text, self.rows_written = ",".join(self._header) + "\n", 0
         if keep is not None and self.path.exists():
             lines = self.path.read_text().splitlines(keepends=True)
             if lines and lines[0].rstrip("\r\n").split(",") == self._header:
-                _replace_atomically(self.path, "".join(lines[: keep + 1]))
-                self.rows_written = min(keep, len(lines) - 1)
-                return
-        _replace_atomically(self.path, ",".join(self._header) + "\n")
-        self.rows_written = 0
+                text, self.rows_written = "".join(lines[: keep + 1]), min(keep, len(lines) - 1)
+        with atomic_write(self.path) as tmp:
+            tmp.write_text(text, newline="")
 
     def on_batch_end(self, loop: TrainingLoop) -> None:
         if self._enabled:
@@ -89,7 +79,7 @@ class CSVLogger(Callback):
 
     def state_dict(self) -> dict[str, Any]:
         """The number of rows on disk (buffered rows are flushed first)."""
-        if getattr(self, "_enabled", False):
+        if self._enabled:
             self.flush()
         return {"rows_written": self.rows_written}
 

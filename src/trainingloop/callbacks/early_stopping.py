@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from trainingloop import distributed
 from trainingloop.callbacks.base import Callback
 from trainingloop.checkpointing import unwrap
 
@@ -44,6 +45,7 @@ class EarlyStopping(Callback):
         self.reason: str | None = None
         self.restore_best = restore_best
         self.best_weights: dict[str, torch.Tensor] | None = None  # with restore_best
+        self._enabled = True  # rank 0 prints the reason; refreshed at each fit's start
 
     def _improved(self, value: float) -> bool:
         if self.mode == "min":
@@ -52,6 +54,7 @@ class EarlyStopping(Callback):
 
     def on_fit_start(self, loop: TrainingLoop) -> None:
         self.reason = None
+        self._enabled = distributed.is_main_process()
 
     def on_epoch_end(self, loop: TrainingLoop) -> None:
         record = loop.history.epochs[-1]
@@ -74,9 +77,7 @@ class EarlyStopping(Callback):
             self.reason = (f"EarlyStopping: {self.monitor} has not improved by more than "
                            f"{self.min_delta} for {self.wait} epoch(s) (best {self.best:.6g} at "
                            f"epoch {self.best_epoch}); stopping after epoch {record['epoch']}")
-            from trainingloop.distributed import is_main_process
-
-            if is_main_process():
+            if self._enabled:
                 print(self.reason, flush=True)
 
     def on_fit_end(self, loop: TrainingLoop) -> None:

@@ -39,7 +39,7 @@ __all__ = ["EMA"]
 def _averaged_tensors(module: nn.Module) -> tuple[list[Tensor], list[Tensor]]:
     """(parameters and floating-point buffers, integer buffers) of ``module``, in order."""
     floats = [p.detach() for p in module.parameters()]
-    integers = []
+    integers: list[torch.Tensor] = []
     for buffer in module.buffers():
         (floats if buffer.is_floating_point() else integers).append(buffer.detach())
     return floats, integers

@@ -46,7 +46,8 @@ class LearningRateScheduler(Callback):
         schedule: Callable[[int], Callable[[int], float]] | Any,
         bias_correction: tuple[float, float] | None = None,
     ) -> None:
-        self.torch_scheduler = schedule if hasattr(schedule, "step") and hasattr(
+        # a torch scheduler, duck-typed: anything with step() and state_dict()
+        self.torch_scheduler: Any = schedule if hasattr(schedule, "step") and hasattr(
             schedule, "state_dict") else None
         if self.torch_scheduler is None and not callable(schedule):
             raise TypeError(f"schedule must be make_schedule(...) or a torch scheduler, "

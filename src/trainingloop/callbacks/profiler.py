@@ -70,7 +70,7 @@ class Profiler(Callback):
             schedule=torch.profiler.schedule(wait=self.wait, warmup=self.warmup,
                                              active=self.active, repeat=1),
             on_trace_ready=torch.profiler.tensorboard_trace_handler(str(self.dir)),
-            **self.options)
+            **self.options)  # type: ignore[arg-type] # profile's keyword options
         self._profiler.start()
 
     def on_batch_end(self, loop: TrainingLoop) -> None:

@@ -21,6 +21,7 @@ import sys
 import time
 from typing import IO, TYPE_CHECKING, Any
 
+from trainingloop import distributed
 from trainingloop.callbacks.base import Callback
 from trainingloop.callbacks.notebook import InPlaceOutput, in_notebook
 from trainingloop.devices import sync_allowed
@@ -112,7 +113,7 @@ class ProgressPrinter(Callback):
         self._tokens = 0
         self._animated = False
         self._notebook = False
-        self._silent = False
+        self._enabled = True  # rank 0 prints; refreshed at each fit's start
 
     # -- helpers ---------------------------------------------------------------------------
     def _out(self) -> IO[str]:
@@ -125,17 +126,15 @@ class ProgressPrinter(Callback):
         return bool(isatty and isatty())
 
     def _print(self, text: str) -> None:
-        if not self._silent:
+        if self._enabled:
             print(text, file=self._out(), flush=True)
 
     # -- events ----------------------------------------------------------------------------
     def on_fit_start(self, loop: TrainingLoop) -> None:
-        from trainingloop.distributed import is_main_process
-
-        self._silent = not is_main_process()
-        self._notebook = (not self._silent and self.stream is None and self.terminal is None
+        self._enabled = distributed.is_main_process()
+        self._notebook = (self._enabled and self.stream is None and self.terminal is None
                           and in_notebook())
-        self._animated = (not self._silent and not self._notebook and self._is_terminal()
+        self._animated = (self._enabled and not self._notebook and self._is_terminal()
                           and _rich_available())
 
     def on_epoch_start(self, loop: TrainingLoop) -> None:

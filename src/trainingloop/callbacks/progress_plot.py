@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainingloop import distributed
+from trainingloop._files import atomic_write
 from trainingloop.callbacks.base import Callback
 from trainingloop.callbacks.notebook import InPlaceOutput, in_notebook
 from trainingloop.metrics import MetricTrace
@@ -41,11 +43,10 @@ class ProgressPlot(Callback):
         self.points: dict[str, tuple[list[float], list[float]]] = {}
         self._trace = MetricTrace()
         self._output: InPlaceOutput | None = None
+        self._enabled = True  # rank 0 draws; refreshed at each fit's start
 
     def on_fit_start(self, loop: TrainingLoop) -> None:
-        from trainingloop.distributed import is_main_process
-
-        self._enabled = is_main_process()
+        self._enabled = distributed.is_main_process()
         self._output = InPlaceOutput() if self._enabled and in_notebook() else None
         if not loop.history.epochs:  # a fresh fit (a resumed one keeps its points)
             self.points = {}
@@ -100,9 +101,8 @@ class ProgressPlot(Callback):
             axes.legend()
         figure.tight_layout()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.stem}.tmp{self.path.suffix}")
-        figure.savefig(tmp, format=self.path.suffix[1:])
-        os.replace(tmp, self.path)
+        with atomic_write(self.path) as tmp:
+            figure.savefig(tmp, format=self.path.suffix[1:])
         if self._output is not None:  # in a notebook: this fit's one figure output, redrawn
             from IPython.display import Image
 

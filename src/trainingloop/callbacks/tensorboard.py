@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainingloop import distributed
 from trainingloop.callbacks.base import Callback
 from trainingloop.metrics import MetricTrace
 
@@ -32,11 +33,11 @@ class TensorBoardLogger(Callback):
         self.run_dir: Path | None = None
         self._writers: dict[str, Any] = {}
         self._trace = MetricTrace()
+        self._enabled = True  # rank 0 writes; refreshed at each fit's start
 
     def on_fit_start(self, loop: TrainingLoop) -> None:
-        from trainingloop.distributed import is_main_process
-
-        if not is_main_process():
+        self._enabled = distributed.is_main_process()
+        if not self._enabled:
             return
         try:
             from torch.utils.tensorboard import SummaryWriter

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainingloop.data.download import DataFileError, data_root, require_files
+from trainingloop.data.download import DataFileError, FileSources, data_root, require_files
 from trainingloop.data.formats import cifar_archive, cifar_pickle, cifar_records, cola_rows, read_idx
 from trainingloop.data.pipeline import ArrayDataset
 from trainingloop.data.tokenizer import Tokenizer
@@ -246,7 +246,7 @@ def cola(split: str = "train", root: str | os.PathLike[str] | None = None,
             download, "")
         with zipfile.ZipFile(archive) as z:
             z.extractall(archive.parent)
-    names = {_COLA_FILES["train"]: (None, None), _COLA_FILES[split]: (None, None)}
+    names: FileSources = {_COLA_FILES["train"]: (None, None), _COLA_FILES[split]: (None, None)}
     paths = require_files(folder, names, False, "Unzip CoLA's cola_public_1.1.zip into cola/.")
     train_rows = cola_rows(paths[_COLA_FILES["train"]])
     tokenizer = Tokenizer.build((_cola_words(t) for _, t in train_rows), level="word",

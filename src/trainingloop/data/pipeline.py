@@ -232,8 +232,11 @@ class ArrayDataset:
                 for transform in self._transforms[name]:
                     values = transform(values)
                 parts[name].append(values)
-        columns = {name: torch.cat(parts[name]) if name in parts else kept[name]
-                   for name in self._transforms}
+        columns: dict[str, Column] = {}
+        for name in self._transforms:
+            column = torch.cat(parts[name]) if name in parts else kept[name]
+            assert column is not None  # kept in memory unless it is in parts
+            columns[name] = column
         return self._with_columns(columns, {})
 
     def to(self, device: str | torch.device, non_blocking: bool = False) -> ArrayDataset:

@@ -66,9 +66,9 @@ class Prefetcher:
         if callable(getattr(data, "load_state_dict", None)):
             self.load_state_dict = self._load_state_dict
         if hasattr(data, "batch_size"):
-            self.batch_size = data.batch_size  # type: ignore[attr-defined]
+            self.batch_size = data.batch_size
         if hasattr(data, "sampler"):  # a DataLoader's DistributedSampler gets set_epoch
-            self.sampler = data.sampler  # type: ignore[attr-defined]
+            self.sampler = data.sampler
         if callable(getattr(data, "shard_sizes", None)):  # padding left out of the metrics
             self.shard_sizes = data.shard_sizes  # type: ignore[attr-defined]
         if callable(getattr(data, "shard", None)):  # the loop shards it under torchrun

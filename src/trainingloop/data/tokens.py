@@ -90,8 +90,10 @@ def _take_windows(windows: Tokens, indices: Tensor | slice) -> tuple[Tensor, Ten
         rows = windows[indices]
     else:
         rows = windows.index_select(0, indices.to(windows.device, non_blocking=True))
-    fresh = {"dtype": torch.int64, "memory_format": torch.contiguous_format, "copy": True}
-    return rows[:, :-1].to(**fresh), rows[:, 1:].to(**fresh)
+    def fresh(t: Tensor) -> Tensor:
+        return t.to(dtype=torch.int64, memory_format=torch.contiguous_format, copy=True)
+
+    return fresh(rows[:, :-1]), fresh(rows[:, 1:])
 
 
 def _load_tokens(tokens: Tokens, device: str | torch.device, pin: bool = False) -> Tensor:

@@ -15,7 +15,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-__all__ = ["EXAMPLES", "Options", "fit", "load", "outputs", "parse_extra", "unigram_perplexity"]
+__all__ = ["EXAMPLES", "Options", "Settings", "fit", "load", "outputs", "parse_extra", "unigram_perplexity"]
 
 EXAMPLES: dict[str, str] = {
     "digits": "trainingloop.examples.digits",
@@ -53,13 +53,32 @@ class Options:
     resume: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
-    def resolved(self, defaults: dict[str, Any]) -> Options:
-        """A copy with the example's defaults filled in where nothing was given."""
+    def resolved(self, defaults: dict[str, Any]) -> Settings:
+        """These options with the example's defaults filled in where nothing was given."""
         values = {k: getattr(self, k) for k in self.__dataclass_fields__}
         for key, value in defaults.items():
             if values.get(key) is None:
                 values[key] = value
-        return Options(**values)
+        missing = [k for k in ("epochs", "batch_size", "lr") if values[k] is None]
+        if missing:
+            raise ValueError(f"no value and no default for {missing}")
+        return Settings(**values)
+
+
+@dataclass
+class Settings:
+    """An example's :class:`Options` after :meth:`Options.resolved`: every number is set."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    device: str
+    compile: bool
+    precision: str
+    data_dir: str | Path | None
+    out: Path
+    resume: bool
+    extra: dict[str, Any]
 
 
 def load(name: str) -> ModuleType:
@@ -85,7 +104,7 @@ def parse_extra(name: str, pairs: Sequence[str]) -> dict[str, str]:
     return extra
 
 
-def outputs(options: Options, csv: bool = True, tensorboard: bool = True, plot: bool = True,
+def outputs(options: Settings, csv: bool = True, tensorboard: bool = True, plot: bool = True,
             checkpoints: bool = True) -> list[Any]:
     """The callbacks every example writes under ``options.out``: ``log.csv``, a TensorBoard
     run, ``curves.png`` and ``checkpoints/``."""
@@ -104,7 +123,7 @@ def outputs(options: Options, csv: bool = True, tensorboard: bool = True, plot: 
     return callbacks
 
 
-def fit(loop: Any, model: Any, options: Options) -> Any:
+def fit(loop: Any, model: Any, options: Settings) -> Any:
     """``loop.fit`` with the command line's device, compile, precision and resume options."""
     return loop.fit(model, epochs=options.epochs, device=options.device,
                     compile=options.compile, precision=options.precision,

@@ -32,7 +32,8 @@ import torch
 from torch import Tensor, nn
 
 import trainingloop as tl
-from trainingloop.examples import Options, fit, outputs
+from trainingloop.data.pipeline import Transform
+from trainingloop.examples import Options, Settings, fit, outputs
 from trainingloop.examples.resnet_cifar10 import MEAN, STD, datasets
 
 DESCRIPTION = "airbench94's network and recipe on CIFAR-10 (--set data=full|subset|auto)"
@@ -150,15 +151,17 @@ def pipelines(train: tl.data.ArrayDataset, test: tl.data.ArrayDataset, batch_siz
     """The whole sets on ``device``; normalise, translate by ≤ 2 pixels and flip there per
     batch."""
     train, test = train.to(device), test.to(device)
-    pixels = [tl.transforms.Rescale(1 / 255, 0), tl.transforms.Normalize(MEAN, STD)]
-    augment = [tl.transforms.RandomCrop(32, padding=2), tl.transforms.RandomHorizontalFlip()]
+    pixels: list[Transform] = [tl.transforms.Rescale(1 / 255, 0),
+                               tl.transforms.Normalize(MEAN, STD)]
+    augment: list[Transform] = [tl.transforms.RandomCrop(32, padding=2),
+                                tl.transforms.RandomHorizontalFlip()]
     train = train.map([*pixels, *augment, tl.transforms.HWC2CHW()], "image")
     test = test.map([*pixels, tl.transforms.HWC2CHW()], "image")
     return train.shuffle(seed=0).batch(batch_size), test.batch(2000)
 
 
 def recipe(train: tl.data.ArrayDataset, test: tl.data.ArrayDataset, options: Options,
-           callbacks: list[Any] | None = None) -> tuple[tl.TrainingLoop, nn.Module, Options]:
+           callbacks: list[Any] | None = None) -> tuple[tl.TrainingLoop, nn.Module, Settings]:
     """The loop, network and fit options for unbatched ``train``/``test`` sets of CIFAR-10's
     layout (``callbacks`` default: every output under ``options.out``)."""
     o = options.resolved(DEFAULTS)
@@ -168,13 +171,13 @@ def recipe(train: tl.data.ArrayDataset, test: tl.data.ArrayDataset, options: Opt
     if len(widths) != 3:
         raise ValueError(f"widths takes three numbers, got {o.extra['widths']!r}")
     train, test = pipelines(train, test, o.batch_size, device)
-    net = make_net(widths).to(device)  # type: ignore[arg-type]
+    net = make_net(widths).to(device)
     if str(o.extra.get("whiten", "1")) != "0":
-        images = train.column("image")[:5000]  # airbench estimates it from 5000 images
+        images = torch.as_tensor(train.column("image")[:5000])  # airbench uses 5000 images
         for transform in (tl.transforms.Rescale(1 / 255, 0), tl.transforms.Normalize(MEAN, STD),
                           tl.transforms.HWC2CHW()):
             images = transform(images)
-        whiten(net[0], images)
+        whiten(net[0], images)  # type: ignore[arg-type] # net[0] is the Conv2d
     sgd = optimizer(net, o.lr, o.batch_size)
     schedule = torch.optim.lr_scheduler.LambdaLR(sgd, triangle(o.epochs * len(train)))
     loop = tl.TrainingLoop(train, test, optimizer=sgd, loss=smoothed_cross_entropy,

@@ -30,7 +30,7 @@ def run(options: Options) -> tl.History:
     schedule = tl.make_schedule([
         tl.ScheduleSegment(tl.shapes.linear, start_rate=0.0, end_rate=o.lr, step_count=100),
         tl.ScheduleSegment(tl.shapes.linear, end_rate=0.0)])
-    labels = train.column("label")
+    labels = torch.as_tensor(train.column("label"))
     weight = (len(labels) / (2 * torch.bincount(labels).float()))  # balance the 30/70 classes
 
     def loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

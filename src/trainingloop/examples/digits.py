@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import trainingloop as tl
+from trainingloop.data.pipeline import Transform
 from trainingloop.examples import Options, fit, outputs
 
 DESCRIPTION = "MLP on scikit-learn's 8x8 digits (embedded, no download)"
@@ -22,7 +23,7 @@ def model() -> nn.Module:
 
 def data(batch_size: int) -> tuple[tl.data.ArrayDataset, tl.data.ArrayDataset]:
     """Train and validation pipelines: pixels 0-16 scaled to [0, 1]."""
-    transforms = [tl.transforms.Rescale(1 / 16, 0), tl.transforms.HWC2CHW()]
+    transforms: list[Transform] = [tl.transforms.Rescale(1 / 16, 0), tl.transforms.HWC2CHW()]
     train = tl.datasets.digits("train").map(transforms, "image").shuffle(seed=0).batch(batch_size)
     test = tl.datasets.digits("test").map(transforms, "image").batch(256)
     return train, test

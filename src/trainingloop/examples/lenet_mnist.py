@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import trainingloop as tl
+from trainingloop.data.pipeline import Transform
 from trainingloop.examples import Options, fit, outputs
 from trainingloop.examples.mlp_mnist import MEAN, STD
 from trainingloop.examples.models import LeNet
@@ -19,7 +20,7 @@ def run(options: Options) -> tl.History:
     """Train and return the History."""
     o = options.resolved(DEFAULTS)
     torch.manual_seed(0)
-    pixels = [tl.transforms.Rescale(1 / 255, 0), tl.transforms.Normalize(MEAN, STD),
+    pixels: list[Transform] = [tl.transforms.Rescale(1 / 255, 0), tl.transforms.Normalize(MEAN, STD),
               tl.transforms.HWC2CHW()]
     train = (tl.datasets.mnist("train", o.data_dir).map(pixels, "image").shuffle(seed=0)
              .batch(o.batch_size, drop_remainder=True))

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import trainingloop as tl
+from trainingloop.data.pipeline import Transform
 from trainingloop.examples import Options, fit, outputs
 from trainingloop.examples.models import MLP
 
@@ -19,7 +20,7 @@ MEAN, STD = (0.1307,), (0.3081,)
 def data(batch_size: int, root: str | os.PathLike[str] | None = None
          ) -> tuple[tl.data.ArrayDataset, tl.data.ArrayDataset]:
     """The MindSpore pipeline: Rescale(1/255), Normalize(0.1307, 0.3081), HWC2CHW."""
-    pixels = [tl.transforms.Rescale(1 / 255, 0), tl.transforms.Normalize(mean=MEAN, std=STD),
+    pixels: list[Transform] = [tl.transforms.Rescale(1 / 255, 0), tl.transforms.Normalize(mean=MEAN, std=STD),
               tl.transforms.HWC2CHW()]
     train = (tl.datasets.mnist("train", root).map(pixels, "image")
              .map(tl.transforms.TypeCast(torch.int64), "label").shuffle(seed=0).batch(batch_size))

@@ -17,6 +17,7 @@ from torch import nn
 
 import trainingloop as tl
 from trainingloop.data.datasets import data_root
+from trainingloop.data.pipeline import Transform
 from trainingloop.examples import Options, fit, outputs
 from trainingloop.examples.models import ResNetCIFAR
 from trainingloop.schedules import one_cycle
@@ -56,8 +57,8 @@ def data(batch_size: int, device: torch.device | None = None,
          ) -> tuple[tl.data.ArrayDataset, tl.data.ArrayDataset]:
     """Augmented training pipeline and plain test pipeline (transforms on ``device``) of the
     copy :func:`datasets` reads for ``which``."""
-    pixels = [tl.transforms.Rescale(1 / 255, 0), tl.transforms.Normalize(MEAN, STD)]
-    augment = [tl.transforms.RandomCrop(32, padding=4), tl.transforms.RandomHorizontalFlip()]
+    pixels: list[Transform] = [tl.transforms.Rescale(1 / 255, 0), tl.transforms.Normalize(MEAN, STD)]
+    augment: list[Transform] = [tl.transforms.RandomCrop(32, padding=4), tl.transforms.RandomHorizontalFlip()]
     train, test = datasets(root, which)
     if device is not None:
         train, test = train.to(device), test.to(device)

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 import trainingloop as tl
+from trainingloop.data.pipeline import Transform
 from trainingloop.examples import Options, fit, outputs
 
 DESCRIPTION = "d2l softmax regression on Fashion-MNIST"
@@ -17,7 +18,7 @@ DEFAULTS = {"epochs": 10, "batch_size": 256, "lr": 0.1}
 def data(batch_size: int, root: str | os.PathLike[str] | None = None
          ) -> tuple[tl.data.ArrayDataset, tl.data.ArrayDataset]:
     """Fashion-MNIST scaled to [0, 1] (d2l's ToTensor), channels first."""
-    pixels = [tl.transforms.Rescale(1 / 255, 0), tl.transforms.HWC2CHW()]
+    pixels: list[Transform] = [tl.transforms.Rescale(1 / 255, 0), tl.transforms.HWC2CHW()]
     train = tl.datasets.fashion_mnist("train", root).map(pixels, "image").shuffle(seed=0)
     test = tl.datasets.fashion_mnist("test", root).map(pixels, "image")
     return train.batch(batch_size), test.batch(batch_size)
@@ -27,8 +28,9 @@ def run(options: Options) -> tl.History:
     """Train and return the History."""
     o = options.resolved(DEFAULTS)
     torch.manual_seed(0)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
-    nn.init.normal_(net[1].weight, std=0.01)
+    linear = nn.Linear(784, 10)
+    net = nn.Sequential(nn.Flatten(), linear)
+    nn.init.normal_(linear.weight, std=0.01)
     train, test = data(o.batch_size, o.data_dir)
     loop = tl.TrainingLoop(train, test, optimizer=torch.optim.SGD(net.parameters(), lr=o.lr),
                            loss=nn.functional.cross_entropy, metrics=["accuracy"],
