@@ -103,7 +103,7 @@ def main() -> None:
 
         extra.append(terminate)
         if args.sigterm_while_saving:
-            original_fsync = checkpointing._fsync
+            original_fsync = _files.fsync_path
 
             def again(path: Path) -> None:  # only while the preemption checkpoint is written
                 original_fsync(path)
@@ -111,7 +111,7 @@ def main() -> None:
                     sent.append(2)
                     os.kill(os.getpid(), signal.SIGTERM)
 
-            checkpointing._fsync = again  # type: ignore[assignment]
+            _files.fsync_path = again  # type: ignore[assignment]
     loop, model = build(args.dir, extra)
     try:
         loop.fit(model, EPOCHS, device="cpu", resume=True if args.resume else None,
