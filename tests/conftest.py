@@ -35,7 +35,14 @@ def require_data(*parts: str) -> Path:
 
 
 def wandb_offline(monkeypatch: pytest.MonkeyPatch, home: Path) -> None:
-    """Keep wandb offline, silent and inside ``home``; proxies that refuse any connection."""
+    """Keep wandb offline, silent and inside ``home``; proxies that refuse any connection.
+
+    wandb reads its settings once per process (its setup singleton): tear it down first so an
+    earlier test's folders are not reused.
+    """
+    import wandb
+
+    wandb.teardown()
     for name in ("WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_ENTITY"):
         monkeypatch.delenv(name, raising=False)
     home.mkdir(parents=True, exist_ok=True)
