@@ -187,10 +187,17 @@ def shard(data: Any) -> Any:
             seed=_shared_seed(data.sampler))
     else:
         sampler = ShardedSampler(data.sampler, rank(), world_size())
-    settings = {name: getattr(data, name) for name in inspect.signature(loader.__init__).parameters
-                if name not in _REPLACED and hasattr(data, name)}
     return type(data)(data.dataset, batch_size=data.batch_size, sampler=sampler,
-                      drop_last=data.drop_last, **settings)
+                      drop_last=data.drop_last, **loader_settings(data))
+
+
+def loader_settings(data: torch.utils.data.DataLoader[Any]) -> dict[str, Any]:
+    """Every setting of ``data`` that ``DataLoader(...)`` takes (workers, ``generator``,
+    ``worker_init_fn``, ``collate_fn``, ...), except its dataset and how it samples and
+    batches: what a loader rebuilt over the same data keeps."""
+    loader = torch.utils.data.DataLoader
+    return {name: getattr(data, name) for name in inspect.signature(loader.__init__).parameters
+            if name not in _REPLACED and hasattr(data, name)}
 
 
 def _plain_sampler(sampler: Any) -> bool:

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from trainingloop import checkpointing
-from trainingloop.distributed import set_epoch
+from trainingloop.distributed import loader_settings, set_epoch
 
 __all__ = ["TrainingStream", "length"]
 
@@ -74,17 +74,8 @@ def _skipping_loader(loader: DataLoader[Any], skip: int) -> DataLoader[Any] | No
     (None where the loader has no batch sampler to skip in, e.g. an IterableDataset)."""
     if loader.batch_sampler is None or isinstance(loader.dataset, torch.utils.data.IterableDataset):
         return None
-    options: dict[str, Any] = {
-        "num_workers": loader.num_workers, "collate_fn": loader.collate_fn,
-        "pin_memory": loader.pin_memory, "timeout": loader.timeout,
-        "worker_init_fn": loader.worker_init_fn, "generator": loader.generator,
-        "multiprocessing_context": loader.multiprocessing_context,
-        "pin_memory_device": loader.pin_memory_device,
-    }
-    if loader.num_workers > 0:
-        options["prefetch_factor"] = loader.prefetch_factor
-    if hasattr(loader, "in_order"):
-        options["in_order"] = loader.in_order
+    options = loader_settings(loader)  # the user's settings, as distributed.shard keeps them
+    options["persistent_workers"] = False  # a loader for the rest of one pass only
     return DataLoader(loader.dataset, batch_sampler=_SkipBatches(loader.batch_sampler, skip),
                       **options)
 
