@@ -152,6 +152,8 @@ class EMA(Callback):
 
     def on_fit_end(self, loop: TrainingLoop) -> None:
         self._restore_raw()  # a fit that failed or was interrupted in validation
+        if self.average is not None:
+            self.average.n_averaged.fill_(self.updates)
 
     # -- the average -----------------------------------------------------------------------
     def _update_if_due(self, loop: TrainingLoop) -> None:
@@ -165,12 +167,11 @@ class EMA(Callback):
         with torch.no_grad():
             if self.updates == 0:
                 torch._foreach_copy_(self._averaged, self._raw)
-            else:
-                self._average_fn(self._averaged, self._raw, self.average.n_averaged)
+            else:  # get_ema_multi_avg_fn's lerp, without its no_grad wrapper per step
+                torch._foreach_lerp_(self._averaged, self._raw, 1.0 - self.decay)
             if self._averaged_integers:
                 torch._foreach_copy_(self._averaged_integers, self._raw_integers)
-            self.average.n_averaged.add_(1)
-        self.updates += 1
+        self.updates += 1  # average.n_averaged follows in state_dict (no device op per step)
 
     def _restore_raw(self) -> None:
         if self._swapped:
@@ -181,8 +182,10 @@ class EMA(Callback):
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The averaged weights (``AveragedModel.state_dict()``, copied) and the update count."""
-        average = {} if self.average is None else {
-            k: v.detach().clone() for k, v in self.average.state_dict().items()}
+        if self.average is None:
+            return {"average": {}, "updates": self.updates}
+        self.average.n_averaged.fill_(self.updates)
+        average = {k: v.detach().clone() for k, v in self.average.state_dict().items()}
         return {"average": average, "updates": self.updates}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
