@@ -50,6 +50,17 @@ class Event(enum.Enum):
         """The :class:`~trainingloop.Callback` method that handles this event."""
         return "on_" + self.value
 
+    @property
+    def depth(self) -> int:
+        """How deep in the nest fit → epoch → phase → batch the event fires (fit: 0)."""
+        return _DEPTH[self]
+
+
+_DEPTH = {Event.FIT_START: 0, Event.EPOCH_START: 1, Event.TRAINING_START: 2,
+          Event.BATCH_START: 3, Event.UPDATE_START: 3, Event.BATCH_END: 3,
+          Event.TRAINING_END: 2, Event.VALIDATION_START: 2, Event.INFERENCE_PREDICTION_END: 3,
+          Event.VALIDATION_END: 2, Event.EPOCH_END: 1, Event.FIT_END: 0}
+
 
 class LoopControl(Exception):
     """Base of the ``Cancel*`` signals; never raised itself."""

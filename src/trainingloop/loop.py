@@ -1,11 +1,14 @@
 """The training loop: the nest fit → epoch → phase → batch → step, its events and its state.
 
-:class:`TrainingLoop` owns iteration, the firing of the events of :mod:`trainingloop.events`
-(one helper, :meth:`TrainingLoop._with_events`, writes "fire START, run the body, catch its
-``Cancel*``, fire END" for every level), the running metrics (:mod:`trainingloop.metrics`) and
-every counter callbacks read, as plain 0-based attributes. The step (forward, loss, backward,
-update) is :class:`trainingloop.step.Step`, a function of the batch it is given; the position
-and exact resume are :mod:`trainingloop.resume`; everything else (progress, logging,
+:class:`TrainingLoop` owns iteration and every counter callbacks read, as plain 0-based
+attributes; one helper, :meth:`TrainingLoop._with_events`, writes "fire START, run the body,
+catch its ``Cancel*``, fire END" for every level. Around the nest, each piece has its module:
+firing the events is :class:`trainingloop.callbacks.base.Dispatcher`'s; the step (forward,
+loss, backward, update) is :class:`trainingloop.step.Step`, a function of the batch it is
+given; what a phase counts (metrics, examples, the losses) is
+:class:`trainingloop.meter.PhaseMeter`; the training data's position is
+:class:`trainingloop.stream.TrainingStream`'s; exact resume is :mod:`trainingloop.resume`;
+Ctrl-C and SIGTERM are :mod:`trainingloop._signals`; everything else (progress, logging,
 schedules, checkpoints) is a callback.
 
 The per-batch path reads nothing on the host: the loss is kept as a detached device tensor,
@@ -20,11 +23,8 @@ import copy
 import functools
 import itertools
 import math
-import signal
-import threading
-import time
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,10 +32,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from trainingloop import _compat, checkpointing, devices, distributed, resume
-from trainingloop.callbacks.base import Handler, resolve_handlers
+from trainingloop import _signals, checkpointing, devices, distributed, resume
+from trainingloop.callbacks.base import Dispatcher, describe_handlers
 from trainingloop.callbacks.checkpoint import Checkpoint
-from trainingloop.devices import move_to_device, resolve_device, synchronize
+from trainingloop.devices import resolve_device, synchronize
 from trainingloop.events import (
     CancelBatch,
     CancelEpoch,
@@ -45,21 +45,13 @@ from trainingloop.events import (
     Event,
     LoopControl,
     NonFiniteLossError,
-    Preempted,
-    ends_within,
 )
 from trainingloop.history import History
-from trainingloop.metrics import (
-    Metric,
-    Tape,
-    batch_size,
-    resolve_metrics,
-    token_count,
-    update_metrics,
-)
+from trainingloop.meter import PhaseMeter
+from trainingloop.metrics import Metric, contributed_metrics, resolve_metrics
 from trainingloop.resume import Phase, Position
-from trainingloop.step import BatchError, LossFunction, Step, StepOptions
-from trainingloop.stream import TrainingStream, length
+from trainingloop.step import LossFunction, Step, StepOptions, check_arguments, split_batch
+from trainingloop.stream import TrainingStream, check_counts, phase_length
 
 __all__ = ["TrainingLoop"]
 
@@ -82,19 +74,6 @@ _TRAINING = _PhaseEvents(Phase.TRAINING, Event.TRAINING_START, Event.TRAINING_EN
                          CancelTraining, "train/")
 _VALIDATION = _PhaseEvents(Phase.VALIDATION, Event.VALIDATION_START, Event.VALIDATION_END,
                            CancelValidation, "validation/")
-
-
-@dataclass
-class _PhaseRun:
-    """What one phase counts while it runs (host numbers, plus the losses on the device)."""
-
-    data: Iterable[Any]
-    record: bool
-    examples: int = 0
-    tokens: int = 0
-    batches: int = 0
-    started: float = 0.0
-    losses: Tape | None = None  # training: (batch index, global step) of each loss
 
 
 class TrainingLoop:
@@ -129,18 +108,10 @@ class TrainingLoop:
         callbacks: Sequence[Any] = (),
         include_default_callbacks: bool = True,
     ) -> None:
-        if optimizer is None or not (
-            isinstance(optimizer, torch.optim.Optimizer) or callable(optimizer)
-        ):
-            raise TypeError(
-                f"optimizer must be a torch.optim.Optimizer or a function updater(loop), "
-                f"got {optimizer!r}"
-            )
-        if loss is not None and not callable(loss):
-            raise TypeError(f"loss must be callable as loss(output, target), got {loss!r}")
+        check_arguments(optimizer, loss)
         self.training = training
         self.validation = validation
-        self.optimizer = optimizer
+        self.optimizer: torch.optim.Optimizer | Updater = optimizer  # type: ignore[assignment]  # checked: not None
         self.loss = loss
         self.metrics: list[Metric] = resolve_metrics(metrics)
         defaults: list[Any] = []
@@ -166,13 +137,14 @@ class TrainingLoop:
         self.history = History()
         self.stop_training = False
         self.examples_per_second = math.nan
+        self.tokens_per_second: float | None = None  # for token inputs (language models)
         self.total_steps: int | None = None  # optimizer updates in the whole fit, if known
         self.interrupted = False  # set by Ctrl-C; the fit stops after the current batch
+        self.preempted = False  # set by SIGTERM; the fit stops after the current batch
         self.position = Position()  # the phase and its finished batches, for checkpoints
         self.fit_callbacks: list[Any] = []  # this fit's callbacks: the loop's and fit()'s
 
-        self._handlers: dict[Event, list[tuple[str, Handler]]] = resolve_handlers([])
-        self._deferred: list[Callable[[], None]] = []
+        self._events = Dispatcher(self)  # this fit's callbacks' handlers
         self._phase_stats: dict[str, float] | None = None
         self._step: Step | None = None
         self._options = StepOptions()
@@ -181,12 +153,9 @@ class TrainingLoop:
         self._val_data: Any = validation
         self._stream = TrainingStream(training, None)
         self._validation_steps: int | None = None
-        self.tokens_per_second: float | None = None  # for token inputs (language models)
-        self.preempted = False  # set by SIGTERM; the fit stops after the current batch
         self._plan: resume.Plan | None = None  # set by a resume until its phase has run
-        self._losses: Tape | None = None  # this training phase's losses, to find a NaN
+        self._meter = PhaseMeter([], False, (), False, None)  # the current phase's counts
         self._warming_up = False
-        self._padding: distributed.Padding | None = None  # a shard's, kept out of metrics
         self._sync_debug = False  # fit(sync_debug=True): host syncs inside a batch are errors
         self._callback_metrics: list[Metric] = []  # this fit's metrics from callbacks
 
@@ -226,43 +195,26 @@ class TrainingLoop:
         """
         if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
             raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
-        for name, value in (("steps_per_epoch", steps_per_epoch),
-                            ("validation_steps", validation_steps)):
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                                      or value < 1):
-                raise ValueError(f"{name} must be an integer >= 1 or None, got {value!r}")
-        if steps_per_epoch is None and length(self.training) is None:
-            raise ValueError(f"the training data ({type(self.training).__name__}) has no length "
-                             "(a generator, an IterableDataset, a stream): pass "
-                             "steps_per_epoch=... to say how many batches make an epoch")
+        check_counts(self.training, steps_per_epoch, validation_steps)
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         if self.loss is None and step is None:
             raise ValueError("TrainingLoop needs loss=... unless fit() is given a custom step")
-        if length(self.training) == 0:
-            raise ValueError(f"the training data ({type(self.training).__name__}) is empty")
         options = StepOptions(precision, accumulate_grad_batches, clip_grad_norm, compile)
         session = distributed.setup(None if device == "auto" else resolve_device(device))
+        failed = True
         try:
             first_epoch = self._begin(model, epochs, session, device, [*self.callbacks, *callbacks],
                                       options, step, strategy, resume, steps_per_epoch,
                                       validation_steps)
             self._sync_debug = bool(sync_debug)
-        except BaseException:
-            self._remove_callback_metrics()
-            session.close(failed=True)
-            raise
-        failed = False
-        try:
-            with self._interrupt_guard():
+            with _signals.stop_after_batch(self):
                 self._with_events(Event.FIT_START, Event.FIT_END, CancelFit, self._run_epochs,
                                   first_epoch, always_end=True)
-        except BaseException:
-            failed = True
-            raise
+            failed = False
         finally:
-            assert self._step is not None
-            self._step.close()
+            if self._step is not None:
+                self._step.close()  # learning rates that compiling made tensors: floats again
             self._remove_callback_metrics()
             session.close(failed)
         return self.history
@@ -282,7 +234,7 @@ class TrainingLoop:
             self.device = resolve_device(device)
             self.model = model.to(self.device)
             self.metrics = [copy.deepcopy(m) for m in self.metrics]
-            self._handlers, self._deferred = resolve_handlers([]), []
+            self._events = Dispatcher(self)
             self._step = self._make_step(self.model, self._options, self._custom, inference=True)
             try:
                 self._run_phase(_VALIDATION, data, record=False)
@@ -291,7 +243,6 @@ class TrainingLoop:
             assert self._phase_stats is not None
             return dict(self._phase_stats)
 
-    @torch.no_grad()
     def predict(
         self, model: nn.Module, data: Iterable[Any], device: str | torch.device = "auto"
     ) -> list[Any]:
@@ -301,20 +252,8 @@ class TrainingLoop:
         compiled forward.
         """
         target_device = resolve_device(device)
-        model = model.to(target_device)
-        step = self._make_step(model, self._options, None, device=target_device, inference=True)
-        was_training = model.training
-        model.eval()
-        outputs = []
-        try:
-            for index, batch in enumerate(data):
-                if isinstance(batch, (tuple, list)) and len(batch) == 2:
-                    batch = batch[0]
-                output = step.predict(move_to_device(batch, target_device), f"batch {index}")
-                outputs.append(move_to_device(output, torch.device("cpu")))
-        finally:
-            model.train(was_training)
-        return outputs
+        return self._make_step(model.to(target_device), self._options, None,
+                               device=target_device, inference=True).predict_all(data)
 
     @property
     def last_stats(self) -> dict[str, float]:
@@ -338,7 +277,7 @@ class TrainingLoop:
     def check_finite(self) -> None:
         """Raise NonFiniteLossError if the running training loss is NaN or infinite (a sync)."""
         if self.position.phase is Phase.TRAINING and self._phase_stats is None:
-            self._check_finite({"loss": self.metrics[0].compute()}, self._losses)
+            self._check_finite({"loss": self.metrics[0].compute()})
 
     def state_dict(self) -> dict[str, Any]:
         """Everything an exact resume needs, except the model's weights (tensors and plain data).
@@ -359,17 +298,7 @@ class TrainingLoop:
         fastai's ``show_training_loop``: the loop's own callbacks (defaults first), as a fit
         would resolve them; callbacks given to ``fit`` are not known here.
         """
-        handlers = resolve_handlers(self.callbacks)
-        depth = {Event.FIT_START: 0, Event.EPOCH_START: 1, Event.TRAINING_START: 2,
-                 Event.BATCH_START: 3, Event.UPDATE_START: 3, Event.BATCH_END: 3,
-                 Event.TRAINING_END: 2, Event.VALIDATION_START: 2,
-                 Event.INFERENCE_PREDICTION_END: 3, Event.VALIDATION_END: 2,
-                 Event.EPOCH_END: 1, Event.FIT_END: 0}
-        width = max(len(event.name) + 2 * depth[event] for event in Event)
-        for event in Event:
-            names = ", ".join(label.rsplit(".<locals>.", 1)[-1]  # a function's own name
-                              for label, _ in handlers[event]) or "-"
-            print(f"{'  ' * depth[event] + event.name:<{width}}  {names}")
+        print(describe_handlers(self.callbacks))
 
     def call_after_event(self, action: Callable[[], None]) -> None:
         """Run ``action`` once every handler of the event being fired has run.
@@ -377,7 +306,7 @@ class TrainingLoop:
         A checkpoint uses this so that it sees every callback's state for this event,
         wherever it stands in the callback list.
         """
-        self._deferred.append(action)
+        self._events.defer(action)
 
     # -- the nest: fit → epoch → phase → batch → step ------------------------------------------
     def _run_epochs(self, first_epoch: int) -> None:
@@ -402,73 +331,61 @@ class TrainingLoop:
             self.stop_training = True
 
     def _run_phase(self, events: _PhaseEvents, data: Iterable[Any], record: bool = True) -> None:
-        run = self._start_phase(events, data, record)
-        self._with_events(events.start, events.end, events.cancel, self._run_batches, run,
-                          before_end=lambda cancelled: self._end_phase(events, run, cancelled))
+        self._start_phase(events, data, record)
+        self._with_events(events.start, events.end, events.cancel, self._run_batches, data,
+                          before_end=lambda cancelled: self._end_phase(events, cancelled))
 
-    def _run_batches(self, run: _PhaseRun) -> None:
-        training = self.is_training
+    def _run_batches(self, data: Iterable[Any]) -> None:
+        training, meter = self.is_training, self._meter
         with torch.set_grad_enabled(training):
-            batches = self._batches(run.data, training)
+            batches = self._batches(data, training)
+            assert self.device is not None
             for self.batch_index, batch in batches:
-                self._take(batch)  # a host-to-device copy: outside the sync check
-                assert self.device is not None
+                self.last_output = self.last_loss = None  # a copy to the device: not synced
+                self.last_input, self.last_target = split_batch(
+                    batch, self.device, self._custom is not None, self.position.phase.label,
+                    self.batch_index)
                 with devices.sync_debug(self._sync_debug, self.device):
                     self._with_events(Event.BATCH_START, Event.BATCH_END, CancelBatch,
-                                      self._run_step, run, before_end=self._end_batch)
-                run.batches += 1
+                                      self._run_step, before_end=self._end_batch)
+                meter.batches += 1
                 if training and self._warming_up:  # exclude compilation from the rate
                     self._warming_up = False
                     synchronize(self.device)
-                    run.examples, run.tokens, run.started = 0, 0, time.perf_counter()
+                    meter.restart_clock()
                 if self.interrupted:
-                    where = (f"after {self.position.phase.label} batch {self.batch_index} of "
-                             f"epoch {self.epoch_index + 1}")
-                    if self.preempted:
-                        raise Preempted(f"SIGTERM: the fit stopped {where}")
-                    raise KeyboardInterrupt(f"interrupted {where}")
+                    _signals.stop(self.preempted, f"after {self.position.phase.label} batch "
+                                  f"{self.batch_index} of epoch {self.epoch_index + 1}")
             if training and self._step is not None and self._step.pending:
                 with contextlib.suppress(CancelBatch):  # micro-batches left at the phase's end
                     self._update()
 
-    def _run_step(self, run: _PhaseRun) -> None:
+    def _run_step(self) -> None:
+        assert self._step is not None
         try:
-            self._step_and_measure(run)
+            if self.is_training:
+                step = self.global_step
+                last = self.batch_count is not None and self.batch_index + 1 >= self.batch_count
+                loss, output, update_due = self._step.forward_backward(
+                    self.last_input, self.last_target, last=last,
+                    where=f"training batch {self.batch_index}")
+                self.last_loss = loss
+                if output is not None:  # a custom step sets last_output itself, if at all
+                    self.last_output = output
+                if update_due:
+                    self._update()
+                # a shard's padding sits at the end of its pass: found by the pass position
+                position, tag = self._stream.drawn - 1, (self.batch_index, step)
+            else:
+                self.last_loss, _ = self._step.infer(
+                    self.last_input, self.last_target, on_prediction=self._on_prediction,
+                    where=f"validation batch {self.batch_index}")
+                position, tag = self.batch_index, None
+            self._meter.add(self.last_loss, self.last_output, self.last_input, self.last_target,
+                            position, tag)
         except Exception as error:
             devices.raise_if_host_sync(error, "the step", "the training loop or the step")
             raise
-
-    def _step_and_measure(self, run: _PhaseRun) -> None:
-        assert self._step is not None
-        training = self.is_training
-        if training:
-            step = self.global_step
-            last = self.batch_count is not None and self.batch_index + 1 >= self.batch_count
-            loss, output, update_due = self._step.forward_backward(
-                self.last_input, self.last_target, last=last,
-                where=f"training batch {self.batch_index}")
-            self.last_loss = loss
-            if output is not None:  # a custom step sets last_output itself, if at all
-                self.last_output = output
-            if update_due:
-                self._update()
-            assert run.losses is not None
-            run.losses.add(loss, (self.batch_index, step))
-        else:
-            self.last_loss, output = self._step.infer(
-                self.last_input, self.last_target, where=f"validation batch {self.batch_index}",
-                on_prediction=self._on_prediction)
-        metrics = self.metrics if training else [m for m in self.metrics if not m.training_only]
-        if self.last_target is not None:
-            # a shard's padding sits at the end of its pass: count rows by the pass position
-            position = self._stream.drawn - 1 if training else self.batch_index
-            rows = None if self._padding is None else self._padding.rows(position)
-            update_metrics(metrics, self.last_loss, self.last_output, self.last_target, rows,
-                           self.loss)
-        else:  # a batch without a target (a custom step's): only the loss, weighed by examples
-            self.metrics[0].update(self.last_loss, self.last_input, None)
-        run.examples += batch_size(self.last_target) or batch_size(self.last_input)
-        run.tokens += token_count(self.last_input)
 
     def _update(self) -> None:
         assert self._step is not None
@@ -487,62 +404,33 @@ class TrainingLoop:
         """
         cancelled = False
         try:
-            self._fire(start)
+            self._events.fire(start)
             body(*args)
         except cancel:
             cancelled = True
         except BaseException:
             if always_end:
-                self._fire(end)
+                self._events.fire(end)
             raise
         if before_end is not None:
             before_end(cancelled)
-        self._fire(end)
-
-    def _fire(self, event: Event) -> None:
-        label = ""
-        try:
-            try:
-                for label, handler in self._handlers[event]:  # noqa: B007 - names the culprit
-                    handler(self)
-            except LoopControl as control:
-                if not ends_within(control, event):
-                    raise
-            finally:  # what the event's handlers asked for runs even when one cancelled
-                while self._deferred:
-                    action = self._deferred.pop(0)
-                    label = f"{getattr(action, '__qualname__', 'an action')} (deferred)"
-                    action()
-        except LoopControl:
-            raise
-        except Exception as error:
-            devices.raise_if_host_sync(error, event.name, f"callback {label}")
-            _compat.add_note(error, f"raised by callback {label} at {event.name}")
-            raise
+        self._events.fire(end)
 
     def _on_prediction(self, output: Any) -> None:
         if output is not None:
             self.last_output = output
-        self._fire(Event.INFERENCE_PREDICTION_END)
+        self._events.fire(Event.INFERENCE_PREDICTION_END)
 
-    def _start_phase(self, events: _PhaseEvents, data: Iterable[Any], record: bool) -> _PhaseRun:
+    def _start_phase(self, events: _PhaseEvents, data: Iterable[Any], record: bool) -> None:
         assert self.model is not None
         training = events.phase is Phase.TRAINING
         self.is_training = training
         self.model.train(training)
-        self.batch_count = length(data)
-        if training and self._stream.steps_per_epoch is not None:
-            self.batch_count = self._stream.steps_per_epoch
-        elif not training and self._validation_steps is not None:
-            self.batch_count = self._validation_steps if self.batch_count is None else min(
-                self.batch_count, self._validation_steps)
+        self.batch_count = self._stream.batches_per_epoch if training else phase_length(
+            data, self._validation_steps)
         self._phase_stats = None
         self.position = Position(events.phase, 0)
-        for metric in self.metrics:
-            metric.reset()
-        self._losses = Tape() if training else None
-        self._padding = distributed.padding(data)  # a shard's padding: left out of the metrics
-        return _PhaseRun(data, record, started=time.perf_counter(), losses=self._losses)
+        self._meter = PhaseMeter(self.metrics, training, data, record, self.loss)
 
     def _batches(self, data: Iterable[Any], training: bool) -> Iterator[tuple[int, Any]]:
         """``(batch index, batch)`` pairs; a resumed training phase starts where it stopped."""
@@ -557,49 +445,25 @@ class TrainingLoop:
             self._plan.restore_metrics(self.metrics, self.device)
         return enumerate(self._stream.epoch(self.epoch_index, done), start=done)
 
-    def _take(self, batch: Any) -> None:
-        """Move the batch to the device as ``last_input`` and ``last_target``.
-
-        An ``(input, target)`` pair is split; with a custom step any other batch (a dict, a
-        triple, an object with ``.to``) is the input, and a dict's ``"labels"`` the target.
-        """
-        assert self.device is not None
-        self.last_output = self.last_loss = None
-        if isinstance(batch, (tuple, list)) and len(batch) == 2:
-            self.last_input = move_to_device(batch[0], self.device, non_blocking=True)
-            self.last_target = move_to_device(batch[1], self.device, non_blocking=True)
-            return
-        if self._custom is None:
-            raise BatchError(f"{self.position.phase.label} batch {self.batch_index} is a "
-                             f"{type(batch).__name__}, not an (input, target) pair (other "
-                             "batches need a custom step: fit(..., step=...))")
-        self.last_input = move_to_device(batch, self.device, non_blocking=True)
-        self.last_target = self.last_input.get("labels") if isinstance(
-            self.last_input, Mapping) else None
-
     def _end_batch(self, cancelled: bool) -> None:
         self.position.completed = self.batch_index + 1
 
-    def _end_phase(self, events: _PhaseEvents, run: _PhaseRun, cancelled: bool) -> None:
+    def _end_phase(self, events: _PhaseEvents, cancelled: bool) -> None:
         """The phase's one sync: reduce and read its metrics, check the loss, record them."""
-        distributed.reduce_metrics(self.metrics)  # global values on every rank
-        training = events.phase is Phase.TRAINING
-        stats = {metric.name: metric.compute() for metric in self.metrics
-                 if training or not metric.training_only}
-        if training:
+        meter = self._meter
+        stats = meter.finish()
+        if meter.training:
             resumed = self._plan is not None and self._plan.completed > 0
-            if run.batches == 0 and not cancelled and self.epoch_index == 0 and not resumed:
-                raise ValueError(f"the training data ({type(run.data).__name__}) yielded no "
+            if meter.batches == 0 and not cancelled and self.epoch_index == 0 and not resumed:
+                raise ValueError(f"the training data ({type(meter.data).__name__}) yielded no "
                                  "batch")
-            seconds = max(time.perf_counter() - run.started, 1e-9)
-            self.examples_per_second = run.examples / seconds
-            self.tokens_per_second = run.tokens / seconds if run.tokens else None
-            self._check_finite(stats, run.losses)
+            self.examples_per_second, self.tokens_per_second = meter.rates()
+            self._check_finite(stats)
         self._phase_stats = stats
-        if run.record:
+        if meter.record:
             epoch = self.history.epochs[-1]
             epoch.update({events.prefix + name: value for name, value in stats.items()})
-            if events.phase is Phase.TRAINING:
+            if meter.training:
                 epoch["examples_per_second"] = self.examples_per_second
                 if self.tokens_per_second is not None:
                     epoch["tokens_per_second"] = self.tokens_per_second
@@ -615,15 +479,11 @@ class TrainingLoop:
         if self._val_data is not None:
             distributed.set_epoch(self._val_data, self.epoch_index)  # or its sampler's
 
-    def _check_finite(self, stats: dict[str, float], losses: Tape | None) -> None:
+    def _check_finite(self, stats: dict[str, float]) -> None:
         """Raise NonFiniteLossError naming the first bad batch if the phase's loss is not finite."""
-        if math.isfinite(stats.get("loss", 0.0)) or losses is None:
-            return
-        flat = losses.flat()
-        bad = torch.nonzero(~torch.isfinite(flat.float())) if flat is not None else None
-        if bad is not None and len(bad):
-            batch, step = losses.tags[int(bad[0, 0])]
-            raise NonFiniteLossError(epoch=self.epoch_index + 1, step=step, batch=batch)
+        bad = self._meter.first_non_finite(stats)
+        if bad is not None:
+            raise NonFiniteLossError(epoch=self.epoch_index + 1, step=bad[1], batch=bad[0])
 
     # -- set-up --------------------------------------------------------------------------------
     def _begin(self, model: nn.Module, epochs: int, session: distributed.Session,
@@ -641,14 +501,16 @@ class TrainingLoop:
         self._validation_steps = validation_steps
         self.epoch_count = epochs
         self.fit_callbacks = callbacks
-        self._handlers, self._deferred = resolve_handlers(callbacks), []
-        self._add_callback_metrics(callbacks)
+        self._events = Dispatcher(self, callbacks)
+        self._remove_callback_metrics()
+        self._callback_metrics = contributed_metrics(self.metrics, callbacks)
+        self.metrics = [*self.metrics, *self._callback_metrics]
         self._options, self._custom = options, custom
         self._step = self._make_step(self.model, options, custom)
         self.history, self.global_step, self.stop_training = History(), 0, False
         self.interrupted, self.preempted, self.position, self._plan = False, False, Position(), None
         self._warming_up = self._step.compiled
-        batches = steps_per_epoch or length(self._train_data)
+        batches = self._stream.batches_per_epoch
         self.total_steps = None if batches is None else epochs * math.ceil(
             batches / options.accumulate_grad_batches)
         if not resume_from:
@@ -660,21 +522,6 @@ class TrainingLoop:
         self.global_step = plan.global_step
         self._plan = None if plan.phase is Phase.EPOCH_END else plan
         return plan.first_epoch
-
-    def _add_callback_metrics(self, callbacks: Sequence[Any]) -> None:
-        """Append the metrics callbacks contribute (their ``metrics`` list) for this fit."""
-        self._remove_callback_metrics()
-        added = [metric for callback in callbacks for metric in getattr(callback, "metrics", ())]
-        for metric in added:
-            if not isinstance(metric, Metric):
-                raise TypeError(f"a callback's metrics must be trainingloop.metrics.Metric "
-                                f"objects, got {metric!r}")
-        names = [metric.name for metric in [*self.metrics, *added]]
-        repeated = sorted({name for name in names if names.count(name) > 1})
-        if repeated:
-            raise ValueError(f"metric names must be unique; callbacks repeat: {repeated}")
-        self._callback_metrics = added
-        self.metrics = [*self.metrics, *added]
 
     def _remove_callback_metrics(self) -> None:
         """Take the callbacks' metrics out again (the fit has ended)."""
@@ -690,7 +537,7 @@ class TrainingLoop:
         optimizer = self.optimizer
         if not isinstance(optimizer, torch.optim.Optimizer):
             optimizer = functools.partial(optimizer, self)
-        return Step(model, optimizer, self.loss, device, self._fire, options,
+        return Step(model, optimizer, self.loss, device, self._events.fire, options,
                     None if custom is None else functools.partial(custom, self),
                     inference=inference)
 
@@ -699,38 +546,10 @@ class TrainingLoop:
         """Put back every attribute a pass outside ``fit`` (``evaluate``) changes."""
         names = ("model", "device", "metrics", "is_training", "batch_index", "batch_count",
                  "last_input", "last_target", "last_output", "last_loss", "position",
-                 "_handlers", "_deferred", "_step", "_phase_stats", "_losses")
+                 "_events", "_step", "_phase_stats", "_meter")
         saved = {name: getattr(self, name) for name in names}
         try:
             yield
         finally:
             for name, value in saved.items():
                 setattr(self, name, value)
-
-    @contextlib.contextmanager
-    def _interrupt_guard(self) -> Iterator[None]:
-        """Turn Ctrl-C and SIGTERM into a stop after the current batch.
-
-        A second Ctrl-C stops at once; further SIGTERMs are ignored, so that the checkpoint
-        the first one asked for is written whole (a scheduler's SIGKILL after its grace
-        period still finds the previous ``last`` intact: writes are atomic).
-        """
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-
-        def on_interrupt(signum: int, frame: Any) -> None:
-            if self.interrupted and not self.preempted:
-                raise KeyboardInterrupt
-            self.interrupted = True
-
-        def on_terminate(signum: int, frame: Any) -> None:
-            self.interrupted = self.preempted = True
-
-        previous = signal.signal(signal.SIGINT, on_interrupt)
-        previous_term = signal.signal(signal.SIGTERM, on_terminate)
-        try:
-            yield
-        finally:
-            signal.signal(signal.SIGINT, previous)
-            signal.signal(signal.SIGTERM, previous_term)

@@ -31,6 +31,7 @@ __all__ = [
     "TopKAccuracy",
     "TorchMetric",
     "batch_size",
+    "contributed_metrics",
     "resolve_metrics",
     "take_rows",
     "token_count",
@@ -348,6 +349,21 @@ _BUILT_IN: dict[str, Callable[[], Metric]] = {
 }
 
 
+def contributed_metrics(metrics: Sequence[Metric], callbacks: Sequence[Any]) -> list[Metric]:
+    """The metrics ``callbacks`` contribute through a ``metrics`` list (``GradientMonitor``'s
+    ``grad_norm``), checked to be Metric objects whose names repeat none of ``metrics``."""
+    added = [metric for callback in callbacks for metric in getattr(callback, "metrics", ())]
+    for metric in added:
+        if not isinstance(metric, Metric):
+            raise TypeError(f"a callback's metrics must be trainingloop.metrics.Metric "
+                            f"objects, got {metric!r}")
+    names = [metric.name for metric in [*metrics, *added]]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"metric names must be unique; callbacks repeat: {repeated}")
+    return added
+
+
 def resolve_metrics(metrics: Sequence[Any]) -> list[Metric]:
     """Turn the loop's ``metrics=`` argument into Metric objects, ``loss`` first and once."""
     if isinstance(metrics, (str, Metric)):
@@ -415,6 +431,12 @@ class Tape:
         if not parts:
             return None
         return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def first_non_finite(self) -> Any:
+        """The tag of the first NaN or infinite value recorded (one device read), or None."""
+        flat = self.flat()
+        bad = torch.nonzero(~torch.isfinite(flat.float())) if flat is not None else None
+        return self.tags[int(bad[0, 0])] if bad is not None and len(bad) else None
 
     def clear(self) -> None:
         """Forget everything recorded."""

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,10 +24,11 @@ import torch
 from torch import Tensor, nn
 
 from trainingloop import _compat
-from trainingloop.devices import sync_allowed
+from trainingloop.devices import move_to_device, sync_allowed
 from trainingloop.events import CancelBatch, Event
 
-__all__ = ["PRECISIONS", "BatchError", "Step", "StepOptions", "describe"]
+__all__ = ["PRECISIONS", "BatchError", "Step", "StepOptions", "check_arguments", "describe",
+           "split_batch"]
 
 PRECISIONS: dict[str, torch.dtype | None] = {
     "32": None,
@@ -55,6 +56,34 @@ def describe(obj: Any) -> str:
     if isinstance(obj, (list, tuple)):
         return "[" + ", ".join(describe(v) for v in obj) + "]"
     return type(obj).__name__
+
+
+def check_arguments(optimizer: Any, loss: Any) -> None:
+    """Raise TypeError unless ``optimizer`` is an Optimizer or a function ``updater(loop)`` and
+    ``loss`` is None or callable."""
+    if optimizer is None or not (isinstance(optimizer, torch.optim.Optimizer)
+                                 or callable(optimizer)):
+        raise TypeError(f"optimizer must be a torch.optim.Optimizer or a function "
+                        f"updater(loop), got {optimizer!r}")
+    if loss is not None and not callable(loss):
+        raise TypeError(f"loss must be callable as loss(output, target), got {loss!r}")
+
+
+def split_batch(batch: Any, device: torch.device, custom: bool, phase: str, index: int
+                ) -> tuple[Any, Any]:
+    """``(input, target)`` of ``phase`` batch ``index``, moved to ``device``.
+
+    An ``(input, target)`` pair is split; with a custom step any other batch (a dict, a triple,
+    an object with ``.to``) is the input, and a dict's ``"labels"`` the target (else None).
+    """
+    if isinstance(batch, (tuple, list)) and len(batch) == 2:
+        return (move_to_device(batch[0], device, non_blocking=True),
+                move_to_device(batch[1], device, non_blocking=True))
+    if not custom:
+        raise BatchError(f"{phase} batch {index} is a {type(batch).__name__}, not an (input, "
+                         "target) pair (other batches need a custom step: fit(..., step=...))")
+    batch = move_to_device(batch, device, non_blocking=True)
+    return batch, batch.get("labels") if isinstance(batch, Mapping) else None
 
 
 def forward_and_loss(model: Any, loss: LossFunction, input: Any, target: Any) -> tuple[Tensor, Any]:
@@ -118,6 +147,7 @@ class Step:
         self.fire = fire
         self.options = options
         dtype = PRECISIONS[options.precision]
+        self.device = device
         self.autocast = _compat.autocast(device.type, dtype)
         self.scaler = _compat.grad_scaler(device.type) if dtype == torch.float16 else None
         self.custom = custom
@@ -262,6 +292,23 @@ class Step:
         """The model's output for ``input``, under the step's autocast and compiled forward."""
         with self.autocast:
             return self._call_model(input, where)
+
+    @torch.no_grad()
+    def predict_all(self, data: Iterable[Any]) -> list[Any]:
+        """The model's outputs for each batch of ``data`` (a pair's target is ignored), on
+        the CPU, in eval mode; the model's mode is put back afterwards."""
+        was_training = self.model.training
+        self.model.eval()
+        outputs = []
+        try:
+            for index, batch in enumerate(data):
+                if isinstance(batch, (tuple, list)) and len(batch) == 2:
+                    batch = batch[0]
+                output = self.predict(move_to_device(batch, self.device), f"batch {index}")
+                outputs.append(move_to_device(output, torch.device("cpu")))
+        finally:
+            self.model.train(was_training)
+        return outputs
 
     def update(self) -> None:
         """Unscale, fire ``UPDATE_START``, clip, step the optimizer, zero the gradients.

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, Sampler
 from trainingloop import checkpointing
 from trainingloop.distributed import loader_settings, set_epoch
 
-__all__ = ["TrainingStream", "length"]
+__all__ = ["TrainingStream", "check_counts", "length", "phase_length"]
 
 
 def length(data: Any) -> int | None:
@@ -34,6 +34,33 @@ def length(data: Any) -> int | None:
         return len(data)
     except TypeError:
         return None
+
+
+def check_counts(training: Iterable[Any], steps_per_epoch: int | None,
+                 validation_steps: int | None) -> None:
+    """Raise ValueError for a ``steps_per_epoch`` or ``validation_steps`` that is not an
+    integer >= 1 or None, or training data that cannot make an epoch (empty, or without a
+    length and without ``steps_per_epoch``)."""
+    for name, value in (("steps_per_epoch", steps_per_epoch),
+                        ("validation_steps", validation_steps)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                                  or value < 1):
+            raise ValueError(f"{name} must be an integer >= 1 or None, got {value!r}")
+    count = length(training)
+    if steps_per_epoch is None and count is None:
+        raise ValueError(f"the training data ({type(training).__name__}) has no length (a "
+                         "generator, an IterableDataset, a stream): pass steps_per_epoch=... "
+                         "to say how many batches make an epoch")
+    if count == 0:
+        raise ValueError(f"the training data ({type(training).__name__}) is empty")
+
+
+def phase_length(data: Iterable[Any], steps: int | None) -> int | None:
+    """Batches in a phase over ``data`` limited to ``steps`` (None: unknown)."""
+    count = length(data)
+    if steps is None:
+        return count
+    return steps if count is None else min(count, steps)
 
 
 class _SkipBatches(Sampler[list[int]]):
@@ -100,6 +127,11 @@ class TrainingStream:
         self._data_restored = False
         self._rng_after: dict[str, Any] | None = None
         self._epoch_set: int | None = None  # the pass whose set_epoch begin_epoch called
+
+    @property
+    def batches_per_epoch(self) -> int | None:
+        """``steps_per_epoch``, or the data's length (None: unknown)."""
+        return self.steps_per_epoch or length(self.data)
 
     @property
     def mid_pass(self) -> bool:

@@ -1,9 +1,9 @@
-"""The :class:`Callback` base class and the once-per-fit resolution of handlers.
+"""The :class:`Callback` base class, the once-per-fit resolution of handlers, and firing.
 
 A callback is any callable ``callback(loop, event)``. :class:`Callback` is sugar over that:
-a subclass defines ``on_<event>(self, loop)`` methods for the events it wants. The loop calls
-:func:`resolve_handlers` once per ``fit`` so that firing an event is a walk over a prepared
-list, with no attribute look-ups in the hot path.
+a subclass defines ``on_<event>(self, loop)`` methods for the events it wants. The loop makes
+one :class:`Dispatcher` per ``fit``, which calls :func:`resolve_handlers` once, so that firing
+an event is a walk over a prepared list, with no attribute look-ups in the hot path.
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
-from trainingloop.events import Event
+from trainingloop import _compat, devices
+from trainingloop.events import Event, LoopControl, ends_within
 
 if TYPE_CHECKING:
     from trainingloop.loop import TrainingLoop
 
-__all__ = ["Callback", "Handler", "resolve_handlers"]
+__all__ = ["Callback", "Dispatcher", "Handler", "describe_handlers", "resolve_handlers"]
 
 Handler = Callable[["TrainingLoop"], None]
 _METHODS = {event.method_name: event for event in Event}
@@ -72,3 +73,58 @@ def resolve_handlers(callbacks: Iterable[Any]) -> dict[Event, list[tuple[str, Ha
 
 def _bind_event(callback: Callable[[Any, Event], None], event: Event) -> Handler:
     return lambda loop: callback(loop, event)
+
+
+def describe_handlers(callbacks: Iterable[Any]) -> str:
+    """Each event, in the order it fires and indented by its depth in the nest, with the
+    callbacks that listen to it (fastai's ``show_training_loop``)."""
+    handlers = resolve_handlers(callbacks)
+    width = max(len(event.name) + 2 * event.depth for event in Event)
+    lines = []
+    for event in Event:
+        names = ", ".join(label.rsplit(".<locals>.", 1)[-1]  # a function's own name
+                          for label, _ in handlers[event]) or "-"
+        lines.append(f"{'  ' * event.depth + event.name:<{width}}  {names}")
+    return "\n".join(lines)
+
+
+class Dispatcher:
+    """Fires the events of one fit to its callbacks' handlers, with ``loop`` as the argument.
+
+    A ``Cancel*`` from a handler that ends within the event (:func:`~trainingloop.events.
+    ends_within`) ends only that event's remaining handlers; any other propagates. Actions
+    queued with :meth:`defer` run once the event's handlers have, even when one cancelled. Any
+    other error gets a note naming the callback and the event (a host sync caught by
+    ``sync_debug`` becomes a :class:`~trainingloop.devices.HostSyncError` naming them).
+    """
+
+    def __init__(self, loop: TrainingLoop, callbacks: Iterable[Any] = ()) -> None:
+        self.loop = loop
+        self.handlers = resolve_handlers(callbacks)
+        self.deferred: list[Callable[[], None]] = []
+
+    def defer(self, action: Callable[[], None]) -> None:
+        """Run ``action`` once every handler of the event being fired has run."""
+        self.deferred.append(action)
+
+    def fire(self, event: Event) -> None:
+        """Call each handler of ``event``, then the deferred actions."""
+        label = ""
+        try:
+            try:
+                for label, handler in self.handlers[event]:  # noqa: B007 - names the culprit
+                    handler(self.loop)
+            except LoopControl as control:
+                if not ends_within(control, event):
+                    raise
+            finally:  # what the event's handlers asked for runs even when one cancelled
+                while self.deferred:
+                    action = self.deferred.pop(0)
+                    label = f"{getattr(action, '__qualname__', 'an action')} (deferred)"
+                    action()
+        except LoopControl:
+            raise
+        except Exception as error:
+            devices.raise_if_host_sync(error, event.name, f"callback {label}")
+            _compat.add_note(error, f"raised by callback {label} at {event.name}")
+            raise
