@@ -33,7 +33,12 @@ def autocast(device_type: str, dtype: torch.dtype | None) -> contextlib.Abstract
 
 def total_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
     """The 2-norm of ``tensors`` taken together, as ``clip_grad_norm_`` computes it, on the
-    device (``torch.nn.utils.get_total_norm`` from torch 2.6; the same sum of norms before)."""
+    device: one foreach norm when they share a device and dtype (the common case, without the
+    grouping ``get_total_norm`` does on every call), else ``torch.nn.utils.get_total_norm``
+    (torch 2.6; the same sum of norms before)."""
+    if tensors and all(t.device == tensors[0].device and t.dtype == tensors[0].dtype
+                       and t.layout == torch.strided for t in tensors):
+        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors)))
     get_total_norm = getattr(torch.nn.utils, "get_total_norm", None)
     if get_total_norm is not None:
         return get_total_norm(tensors)

@@ -341,7 +341,8 @@ class TrainingLoop:
             batches = self._batches(data, training)
             assert self.device is not None
             for self.batch_index, batch in batches:
-                self.last_output = self.last_loss = None  # a copy to the device: not synced
+                self.last_output = self.last_loss = None
+                # the copy to the device stays outside the sync check below
                 self.last_input, self.last_target = split_batch(
                     batch, self.device, self._custom is not None, self.position.phase.label,
                     self.batch_index)

@@ -1,8 +1,9 @@
 """EMA: an exponential moving average of the weights, kept beside the model on its device.
 
 Built on ``torch.optim.swa_utils``: the average is an ``AveragedModel`` (a copy of the unwrapped
-model: no DDP or ``torch.compile`` wrapper) updated with ``get_ema_multi_avg_fn(decay)``'s
-foreach lerp after every ``every_n_steps``-th optimizer update, at that batch's ``BATCH_END``.
+model: no DDP or ``torch.compile`` wrapper) updated with the foreach lerp that
+``get_ema_multi_avg_fn(decay)`` runs (called directly: we are under ``no_grad`` already) after
+every ``every_n_steps``-th optimizer update, at that batch's ``BATCH_END``.
 The first update copies the weights, as ``AveragedModel`` does. Parameters and floating-point
 buffers (batch-norm statistics) are averaged; integer buffers are copied.
 

@@ -26,16 +26,6 @@ if TYPE_CHECKING:
 __all__ = ["GradNorm", "GradientMonitor"]
 
 
-def _global_norm(grads: list[Tensor]) -> Tensor:
-    """The 2-norm of ``grads`` taken together, as ``clip_grad_norm_`` computes it: one foreach
-    norm where the gradients share a device and dtype (the common case, without the grouping
-    ``get_total_norm`` does for every call), ``get_total_norm`` otherwise."""
-    if grads and all(g.device == grads[0].device and g.dtype == grads[0].dtype
-                     and g.layout == torch.strided for g in grads):
-        return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
-    return _compat.total_norm(grads)
-
-
 class GradNorm(Metric):
     """Mean of the gradient norms fed by :meth:`add`; the loop's per-batch update is ignored."""
 
@@ -95,8 +85,8 @@ class GradientMonitor(Callback):
 
     def on_update_start(self, loop: TrainingLoop) -> None:
         if loop.global_step % self.log_every_n_steps == 0:
-            self.metric.add(_global_norm([p.grad for _, p in self._parameters
-                                          if p.grad is not None]))
+            self.metric.add(_compat.total_norm([p.grad for _, p in self._parameters
+                                                if p.grad is not None]))
         if self.per_layer and (loop.batch_count is None
                                or loop.batch_index + 1 >= loop.batch_count):
             self._snapshot()
