@@ -230,9 +230,16 @@ def nanogpt_ours(anchors: Path, work: Path, smoke: bool, steps: int) -> None:
         loop.last_output = logits
         return loss
 
-    loop = tl.TrainingLoop(stream, None, optimizer=optimizer,
-                           callbacks=[tl.LearningRateScheduler(schedule)])
     started = time.perf_counter()
+
+    def progress(loop: tl.TrainingLoop, event: tl.Event) -> None:
+        """Where the time goes, on stderr (a side stopped by its timeout still says)."""
+        if event is tl.Event.EPOCH_END or (event is tl.Event.BATCH_END and loop.global_step < 3):
+            print(f"{event.name} step {loop.global_step}: {time.perf_counter() - started:.1f} s",
+                  file=sys.stderr, flush=True)
+
+    loop = tl.TrainingLoop(stream, None, optimizer=optimizer,
+                           callbacks=[tl.LearningRateScheduler(schedule), progress])
     with contextlib.redirect_stdout(io.StringIO()):
         history = loop.fit(model, epochs=3, steps_per_epoch=steps, device=device,
                            compile=not smoke, precision="32" if smoke else "bf16-mixed",
@@ -269,6 +276,7 @@ def main() -> None:
                         help="folder with the anchors' own scripts (see above)")
     parser.add_argument("--only", nargs="+", choices=list(SIDES), default=list(SIDES),
                         help="run only these anchors")
+    parser.add_argument("--sides", nargs="+", help="run only these sides (theirs, ours, ...)")
     parser.add_argument("--rounds", type=int, default=1, help="interleaved rounds of each pair")
     parser.add_argument("--timeout", type=float, default=300, help="seconds allowed to one side")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes on the CPU")
@@ -290,7 +298,7 @@ def main() -> None:
             for anchor in args.only:
                 work = Path(scratch) / anchor
                 work.mkdir(exist_ok=True)
-                for side in SIDES[anchor]:
+                for side in [s for s in SIDES[anchor] if not args.sides or s in args.sides]:
                     if side == "theirs" and not args.anchors.exists():
                         print(f"| {anchor} | {side} | {round_} |  |  | skipped: no "
                               f"{args.anchors} |", flush=True)

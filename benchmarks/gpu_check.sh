@@ -32,7 +32,7 @@ for part in $PARTS; do
       timeout "$(cap 150)" $PY -m pytest -q -m cuda tests/test_gpu.py -p no:cacheprovider \
         -o addopts="" 2>&1 | tee "$OUT/pytest.log" | tail -25 ;;
     nanogpt|airbench)
-      timeout "$(cap 330)" $PY benchmarks/anchors.py --only "$part" --timeout "$(cap 160)" \
+      timeout "$(cap 330)" $PY benchmarks/anchors.py --only "$part" --timeout "$(cap 160)" ${SIDES:+--sides $SIDES} \
         --out "$OUT/logs/$part" 2>&1 | tee -a "$OUT/anchors.md" ;;
     table)
       pkill -f "train.py --dataset=random" || true

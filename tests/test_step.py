@@ -36,6 +36,58 @@ def test_compiled_step_matches_eager() -> None:
     assert compiled_history["validation/accuracy"] == eager_history["validation/accuracy"]
 
 
+def test_a_custom_step_calls_the_compiled_model_under_compile() -> None:
+    # nanoGPT's way (the model computes its loss): with compile=True the custom step is handed
+    # the compiled module, so its forward runs as a graph (it ran eagerly before; found on an
+    # H200 where GPT-2 trained at eager speed under fit(compile=True, step=...)).
+    seen: list[type] = []
+
+    def step(loop: tl.TrainingLoop, model: torch.nn.Module) -> torch.Tensor:
+        seen.append(type(model))
+        output = model(loop.last_input)
+        loop.last_output = output
+        return torch.nn.functional.cross_entropy(output, loop.last_target)
+
+    batches = classification_batches(8, batch=16)
+    eager, compiled = _mlp(), _mlp()
+    _fit(eager, batches, step=step)
+    assert set(seen) == {torch.nn.Sequential}
+    seen.clear()
+    _fit(compiled, batches, step=step, compile={"backend": "eager"})
+    assert set(seen) == {torch._dynamo.eval_frame.OptimizedModule}
+    for a, b in zip(eager.parameters(), compiled.parameters()):
+        torch.testing.assert_close(a, b)
+
+
+def test_cudagraph_modes_keep_the_optimizer_update_out_of_cuda_graphs() -> None:
+    from trainingloop.step import _uses_cudagraphs, _without_cudagraphs
+
+    assert _without_cudagraphs({"mode": "reduce-overhead", "fullgraph": True}) == {
+        "fullgraph": True}
+    assert _without_cudagraphs({"mode": "max-autotune"}) == {
+        "mode": "max-autotune-no-cudagraphs"}
+    assert _without_cudagraphs({"options": {"triton.cudagraphs": True, "x": 1}}) == {
+        "options": {"x": 1}}
+    assert _without_cudagraphs({"backend": "eager"}) == {"backend": "eager"}
+    assert not _uses_cudagraphs({"mode": "max-autotune-no-cudagraphs"})
+
+
+def test_a_fused_optimizer_is_not_compiled_and_keeps_its_float_rates() -> None:
+    from trainingloop.step import Step, StepOptions
+
+    model = _mlp()
+    fused = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True)
+    step = Step(model, fused, torch.nn.functional.cross_entropy, torch.device("cpu"),
+                lambda event: None, StepOptions(compile={"backend": "eager"}))
+    assert step.compiled and step.optimizer_step == fused.step
+    assert type(fused.param_groups[0]["lr"]) is float
+    plain = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    step = Step(model, plain, torch.nn.functional.cross_entropy, torch.device("cpu"),
+                lambda event: None, StepOptions(compile={"backend": "eager"}))
+    assert step.optimizer_step != plain.step and type(plain.param_groups[0]["lr"]) is torch.Tensor
+    step.close()
+
+
 def test_compiled_fit_leaves_the_users_objects_plain(tmp_path: Path) -> None:
     # The step compiles its own callables: the user's model stays the module they passed (no
     # _orig_mod. prefixes in its state_dict or in checkpoints), and the learning rate that the

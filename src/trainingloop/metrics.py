@@ -467,14 +467,16 @@ class MetricTrace:
                                              [s.numel() for s in sums],  # type: ignore[union-attr]
                                              [m.count for m in metrics]))
             return
-        values = []
-        for m in metrics:
-            v = m.value_tensor()
-            values.append(torch.tensor(math.nan) if v is None else v.detach().reshape(()))
-        device = next((v.device for v in values if v.device.type != "cpu"), values[0].device)
+        found = [m.value_tensor() for m in metrics]
+        device = next((v.device for v in found if v is not None and v.device.type != "cpu"),
+                      torch.device("cpu"))
         dtype = _accumulator_dtype(device)
-        self._tape.add(torch.stack([v.to(device=device, dtype=dtype) for v in values]),
-                       (tag, metrics, None, []))
+        # A value not there yet is NaN made on the device; one on the CPU is copied without
+        # waiting (a blocking copy would sync the host at every batch).
+        values = [torch.full((), math.nan, device=device, dtype=dtype) if v is None
+                  else v.detach().reshape(()).to(device=device, dtype=dtype, non_blocking=True)
+                  for v in found]
+        self._tape.add(torch.stack(values), (tag, metrics, None, []))
 
     def read(self) -> list[tuple[Any, list[float]]]:
         """``(tag, values)`` of every snapshot since the last read; one host transfer."""

@@ -93,6 +93,33 @@ def forward_and_loss(model: Any, loss: LossFunction, input: Any, target: Any) ->
     return loss(output, target), output
 
 
+def _is_fused(optimizer: Any) -> bool:
+    """Whether ``optimizer`` runs its update as fused kernels (``fused=True``): compiling its
+    step adds nothing but compile time."""
+    return any(group.get("fused") for group in getattr(optimizer, "param_groups", ()))
+
+
+def _uses_cudagraphs(options: dict[str, Any]) -> bool:
+    """Whether ``torch.compile(**options)`` records CUDA graphs."""
+    mode = options.get("mode")
+    return mode in ("reduce-overhead", "max-autotune") or bool(
+        options.get("options", {}).get("triton.cudagraphs"))
+
+
+def _without_cudagraphs(options: dict[str, Any]) -> dict[str, Any]:
+    """``options`` for the optimizer update: no CUDA graphs. A graphed update, a separate
+    compiled call after the backward, starts a new CUDA-graph generation and so overwrites the
+    gradients it is about to read (seen on an H200, torch 2.11)."""
+    if not _uses_cudagraphs(options):
+        return options
+    mode = options.get("mode")
+    kept = {k: v for k, v in options.items() if k not in ("mode", "options")}
+    if mode == "max-autotune":
+        kept["mode"] = "max-autotune-no-cudagraphs"
+    inner = {k: v for k, v in options.get("options", {}).items() if k != "triton.cudagraphs"}
+    return {**kept, **({"options": inner} if inner else {})}
+
+
 _NOT_MISFITS: tuple[type[BaseException], ...] = (
     torch.OutOfMemoryError, *([torch.distributed.DistError]
                               if hasattr(torch.distributed, "DistError") else []))
@@ -157,6 +184,9 @@ class Step:
         self.pending = 0  # micro-batches whose gradients await an update
         self.inference = inference  # evaluate/predict: the optimizer is not compiled
         self.compiled = False
+        # CUDA graphs (mode="reduce-overhead"): each step's forward replays into the same
+        # memory, so the loss kept past the step is cloned (see _train_forward).
+        self.cudagraphs = False
         # (group, its float lr) of the groups whose rate compiling made a float32 tensor
         self._tensor_rates: list[tuple[dict[str, Any], float]] = []
         self.forward_loss: Callable[..., tuple[Tensor, Any]] = forward_and_loss
@@ -170,7 +200,7 @@ class Step:
     # -- compilation -------------------------------------------------------------------------
     def _compile(self, options: dict[str, Any]) -> None:
         """Compile forward+loss (AOTAutograd compiles their backward), the plain forward used
-        by validation, and the optimizer update.
+        by validation and by a custom step, and the optimizer update (unless it is fused).
 
         A compiled optimizer re-specialises on a float learning rate, so the rates of its
         parameter groups become 0-d tensors while this step lives (schedulers fill them in
@@ -179,12 +209,15 @@ class Step:
         try:
             self.forward_loss = torch.compile(forward_and_loss, **options)
             self.forward = torch.compile(self.model, **options)
-            if not (self.is_updater or self.inference) and self.scaler is None:
+            self.cudagraphs = self.device.type == "cuda" and _uses_cudagraphs(options)
+            if not (self.is_updater or self.inference or self.scaler is not None
+                    or _is_fused(self.optimizer)):
                 for group in self.optimizer.param_groups:  # type: ignore[union-attr]
                     if not isinstance(group["lr"], Tensor):
                         self._tensor_rates.append((group, float(group["lr"])))
                         group["lr"] = torch.tensor(float(group["lr"]))
-                self.optimizer_step = torch.compile(self.optimizer_step, **options)
+                self.optimizer_step = torch.compile(self.optimizer_step,
+                                                    **_without_cudagraphs(options))
             self.compiled = True
         except Exception as error:
             self._fall_back(error)
@@ -228,11 +261,13 @@ class Step:
                              f"{error}") from error
 
     def _train_forward(self, input: Any, target: Any, where: str) -> tuple[Tensor, Any]:
-        if self.custom is not None:
-            return self.custom(self.model), None
+        if self.custom is not None:  # compiled: the custom step calls the compiled model
+            loss = self.custom(self.forward if self.compiled else self.model)
+            return (loss.clone() if self.cudagraphs else loss), None
         if self.compiled:
             try:
-                return self.forward_loss(self.model, self.loss, input, target)
+                loss, output = self.forward_loss(self.model, self.loss, input, target)
+                return (loss.clone() if self.cudagraphs else loss), output
             except Exception as error:
                 if isinstance(error, torch.OutOfMemoryError):
                     raise
@@ -279,7 +314,7 @@ class Step:
         step)."""
         with self.autocast:
             if self.custom is not None:
-                loss = self.custom(self.model)
+                loss = self.custom(self.forward if self.compiled else self.model)
                 if on_prediction is not None:
                     on_prediction(None)
                 return loss.detach(), None
