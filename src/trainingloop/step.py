@@ -260,9 +260,13 @@ class Step:
                              f"{describe(output)} with target of shape {describe(target)}: "
                              f"{error}") from error
 
+    def _custom_model(self) -> nn.Module:
+        """The model a custom step calls: the compiled module when the step is compiled."""
+        return self.forward if self.compiled else self.model  # type: ignore[return-value]
+
     def _train_forward(self, input: Any, target: Any, where: str) -> tuple[Tensor, Any]:
         if self.custom is not None:  # compiled: the custom step calls the compiled model
-            loss = self.custom(self.forward if self.compiled else self.model)
+            loss = self.custom(self._custom_model())
             return (loss.clone() if self.cudagraphs else loss), None
         if self.compiled:
             try:
@@ -314,7 +318,7 @@ class Step:
         step)."""
         with self.autocast:
             if self.custom is not None:
-                loss = self.custom(self.forward if self.compiled else self.model)
+                loss = self.custom(self._custom_model())
                 if on_prediction is not None:
                     on_prediction(None)
                 return loss.detach(), None

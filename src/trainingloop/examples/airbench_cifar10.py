@@ -176,7 +176,7 @@ def recipe(train: tl.data.ArrayDataset, test: tl.data.ArrayDataset, options: Opt
     train, test = pipelines(train, test, o.batch_size, device)
     net = make_net(widths).to(device)
     if device.type == "cuda" and str(o.extra.get("channels_last", "1")) != "0":
-        net = net.to(memory_format=torch.channels_last)  # tensor cores' layout for convolutions
+        net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # tensor cores' layout
     if str(o.extra.get("whiten", "1")) != "0":
         images = torch.as_tensor(train.column("image")[:5000])  # airbench uses 5000 images
         for transform in (tl.transforms.Rescale(1 / 255, 0), tl.transforms.Normalize(MEAN, STD),
